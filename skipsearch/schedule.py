@@ -1,0 +1,147 @@
+"""Skip schedules: one coefficient ρ per skip site, in push order (0 = outermost).
+
+Pure data with validation; applying a schedule to a network is `skipsearch.skiptune`'s job.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["SkipSite", "SkipSchedule", "linear_rho", "ScheduleError"]
+
+
+class ScheduleError(ValueError):
+    """A schedule that cannot be applied as given (wrong length, bad values)."""
+
+
+@dataclass(frozen=True)
+class SkipSite:
+    """One encoder→decoder skip connection.
+
+    `index` is the push order (0 = outermost, full resolution); `producer` names the encoder entry
+    whose output is pushed and `consumer` the decoder block that pops and concatenates it.
+    """
+
+    index: int
+    resolution: int | None
+    channels: int
+    producer: str
+    consumer: str
+
+
+def linear_rho(num_skips: int, rho_top: float, rho_bottom: float, curve: float = 0.0) -> list[float]:
+    """ρ_i = ρ_top + (ρ_bottom − ρ_top)·s_i^γ with s_i = i/(K−1), γ = 4^curve (DESIGN.md §3).
+
+    curve = 0 is the paper's linear interpolation; curve < 0 moves every site but the outermost
+    toward ρ_bottom, curve > 0 keeps them near ρ_top.
+    """
+    if num_skips < 1:
+        raise ScheduleError(f"num_skips must be at least 1, got {num_skips}")
+    for name, value in (("rho_top", rho_top), ("rho_bottom", rho_bottom), ("curve", curve)):
+        if not math.isfinite(value):
+            raise ScheduleError(f"{name} must be finite, got {value}")
+    gamma = 4.0**curve
+    if num_skips == 1:
+        return [float(rho_top)]
+    return [rho_top + (rho_bottom - rho_top) * (i / (num_skips - 1)) ** gamma for i in range(num_skips)]
+
+
+def _check_sigma_range(sigma_range: Sequence[float] | None) -> tuple[float, float] | None:
+    if sigma_range is None:
+        return None
+    try:
+        lo, hi = (float(v) for v in sigma_range)
+    except (TypeError, ValueError):
+        raise ScheduleError(f"sigma_range must be a pair (sigma_lo, sigma_hi), got {sigma_range!r}") from None
+    if not (math.isfinite(lo) and lo >= 0 and hi > lo):
+        raise ScheduleError(f"sigma_range must satisfy 0 <= sigma_lo < sigma_hi, got ({lo}, {hi})")
+    return lo, hi
+
+
+@dataclass(frozen=True)
+class SkipSchedule:
+    """K skip coefficients, optionally active only for σ in [σ_lo, σ_hi] (ρ = 1 outside)."""
+
+    rho: tuple[float, ...]
+    sigma_range: tuple[float, float] | None = None
+
+    def __init__(self, rho: Iterable[float], sigma_range: Sequence[float] | None = None) -> None:
+        try:
+            values = tuple(float(r) for r in rho)
+        except (TypeError, ValueError):
+            raise ScheduleError(f"rho must be a sequence of numbers, got {rho!r}") from None
+        if not values:
+            raise ScheduleError("rho is empty: a schedule needs one coefficient per skip site")
+        for i, r in enumerate(values):
+            if not math.isfinite(r) or r <= 0:
+                raise ScheduleError(f"rho[{i}] = {r} is invalid: coefficients must be finite and positive")
+        object.__setattr__(self, "rho", values)
+        object.__setattr__(self, "sigma_range", _check_sigma_range(sigma_range))
+
+    @classmethod
+    def linear(
+        cls,
+        num_skips: int,
+        rho_top: float,
+        rho_bottom: float,
+        curve: float = 0.0,
+        sigma_range: Sequence[float] | None = None,
+    ) -> SkipSchedule:
+        return cls(linear_rho(num_skips, rho_top, rho_bottom, curve), sigma_range)
+
+    @classmethod
+    def stages(
+        cls,
+        sites: Sequence[SkipSite | int],
+        rho: Sequence[float],
+        sigma_range: Sequence[float] | None = None,
+    ) -> SkipSchedule:
+        """One ρ per resolution stage, `rho[0]` for the highest resolution (outermost) stage.
+
+        `sites` is `skip_sites(net)` or the sites' resolutions in push order.
+        """
+        resolutions = [s.resolution if isinstance(s, SkipSite) else int(s) for s in sites]
+        if any(r is None for r in resolutions):
+            raise ScheduleError("stage schedules need each site's resolution; this network's sites have none")
+        stage_res = sorted(set(resolutions), reverse=True)
+        if len(rho) != len(stage_res):
+            raise ScheduleError(
+                f"got {len(rho)} stage coefficients but the network has {len(stage_res)} resolution stages "
+                f"({', '.join(map(str, stage_res))})"
+            )
+        per_res = dict(zip(stage_res, rho))
+        return cls([per_res[r] for r in resolutions], sigma_range)
+
+    @classmethod
+    def identity(cls, num_skips: int) -> SkipSchedule:
+        return cls([1.0] * num_skips)
+
+    @property
+    def num_skips(self) -> int:
+        return len(self.rho)
+
+    @property
+    def is_identity(self) -> bool:
+        return all(r == 1.0 for r in self.rho)
+
+    def active_at(self, sigma: float) -> bool:
+        if self.sigma_range is None:
+            return True
+        lo, hi = self.sigma_range
+        return lo <= sigma <= hi
+
+    def check_sites(self, num_sites: int) -> None:
+        if self.num_skips != num_sites:
+            raise ScheduleError(
+                f"schedule has {self.num_skips} coefficients but the network has {num_sites} skip sites"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rho": list(self.rho), "sigma_range": list(self.sigma_range) if self.sigma_range else None}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SkipSchedule:
+        return cls(data["rho"], data.get("sigma_range"))
