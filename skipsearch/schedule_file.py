@@ -1,0 +1,508 @@
+"""The exported schedules file, `skipsearch.schedules/v1` (DESIGN.md §5): read, validate, write.
+
+This is the contract with tools outside skipsearch, so reading is strict about meaning (format
+version, shapes, finite numbers) and lenient about additions (unknown keys are ignored, minor
+versions v1.N are accepted). Writing is atomic so a consumer never sees a half-written file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import operator
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from functools import lru_cache
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+from jsonschema.exceptions import best_match
+
+from .schedule import SkipSchedule
+
+__all__ = [
+    "FORMAT",
+    "SCHEMA_RESOURCE",
+    "ScheduleFileError",
+    "ScheduleEntry",
+    "ScheduleDocument",
+    "schema",
+    "validate_document",
+    "validate_entry",
+    "load_schedules",
+    "dump_schedules",
+    "entry_from_schedule",
+]
+
+FORMAT = "skipsearch.schedules/v1"
+SCHEMA_RESOURCE = "schedules-v1.schema.json"
+_FORMAT_PREFIX = "skipsearch.schedules/"
+_VERSION_RE = re.compile(r"v(\d+)(?:\.(\d+))?")
+_MAJOR = 1
+_MAX_MESSAGE_VALUE = 120  # long instance reprs in schema messages are cut so errors stay one line
+
+
+class ScheduleFileError(ValueError):
+    """A schedules file that cannot be read, trusted or written; the message says what to do."""
+
+
+# --------------------------------------------------------------------------------------------
+# schema and validation
+
+
+@lru_cache(maxsize=1)
+def schema() -> dict[str, Any]:
+    """The shipped JSON Schema, loaded from package data so it is the same file other tools get."""
+    text = files("skipsearch").joinpath(SCHEMA_RESOURCE).read_text(encoding="utf-8")
+    return json.loads(text)
+
+
+@lru_cache(maxsize=2)
+def _validator(part: str) -> jsonschema.Draft202012Validator:
+    root = schema()
+    if part == "document":
+        return jsonschema.Draft202012Validator(root)
+    # A single entry: reuse the document's $defs so both checks share one definition.
+    return jsonschema.Draft202012Validator({"$schema": root["$schema"], "$defs": root["$defs"], "$ref": f"#/$defs/{part}"})
+
+
+def _path(parts: Iterable[str | int], root: str = "$") -> str:
+    out = root
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else f".{p}"
+    return out
+
+
+def _where(source: str | None) -> str:
+    return f"{source}: " if source else ""
+
+
+def _check_format(data: Any, source: str | None) -> None:
+    """Version gate before the schema, so a v2 file gets 'upgrade', not a list of schema errors."""
+    if not isinstance(data, Mapping):
+        raise ScheduleFileError(
+            f"{_where(source)}not a skipsearch schedules file: the top level is a {type(data).__name__}, "
+            f"expected an object with \"format\": \"{FORMAT}\""
+        )
+    fmt = data.get("format")
+    if not isinstance(fmt, str) or not fmt.startswith(_FORMAT_PREFIX):
+        found = "no \"format\" key" if fmt is None else f"format {fmt!r}"
+        raise ScheduleFileError(
+            f"{_where(source)}not a skipsearch schedules file ({found}; expected \"{FORMAT}\"); "
+            "write one with `skipsearch export`"
+        )
+    m = _VERSION_RE.fullmatch(fmt[len(_FORMAT_PREFIX):])
+    if m is None:
+        raise ScheduleFileError(
+            f"{_where(source)}schedules file format {fmt!r} has an unrecognised version; expected \"{FORMAT}\""
+        )
+    major = int(m.group(1))
+    if major > _MAJOR:
+        raise ScheduleFileError(
+            f"{_where(source)}schedules file format {fmt!r} is newer than this skipsearch understands "
+            f"(v{_MAJOR}); upgrade skipsearch"
+        )
+    if major < _MAJOR:
+        raise ScheduleFileError(
+            f"{_where(source)}schedules file format {fmt!r} is older than this skipsearch reads (v{_MAJOR}); "
+            "re-export it with `skipsearch export`"
+        )
+
+
+def _schema_check(data: Any, part: str, root: str, source: str | None) -> None:
+    error = best_match(_validator(part).iter_errors(data))
+    if error is None:
+        return
+    message = error.message
+    if len(message) > _MAX_MESSAGE_VALUE:
+        message = message[:_MAX_MESSAGE_VALUE] + "…"
+    raise ScheduleFileError(
+        f"{_where(source)}{_path(error.absolute_path, root)}: {message} "
+        f"(see the {SCHEMA_RESOURCE} schema shipped with skipsearch)"
+    )
+
+
+def _non_finite(value: Any, parts: tuple[str | int, ...] = ()) -> Iterator[tuple[tuple[str | int, ...], float]]:
+    if isinstance(value, float) and not math.isfinite(value):
+        yield parts, value
+    elif isinstance(value, Mapping):
+        for k, v in value.items():
+            yield from _non_finite(v, (*parts, str(k)))
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            yield from _non_finite(v, (*parts, i))
+
+
+def _entry_label(entry: Mapping[str, Any], root: str) -> str:
+    model = entry.get("model", {}).get("name", "?")
+    solver = entry.get("solver", {})
+    return f"{root} (model {model}, solver {solver.get('name', '?')}, nfe {solver.get('nfe', '?')})"
+
+
+def _semantic_check(entry: Mapping[str, Any], root: str, source: str | None) -> None:
+    """What JSON Schema cannot say: cross-field agreement and finite numbers."""
+    label = _entry_label(entry, root)
+    for parts, value in _non_finite(entry):
+        raise ScheduleFileError(
+            f"{_where(source)}{label}: {_path(parts, root)} is {value}; every number must be finite"
+        )
+    count = entry["skips"]["count"]
+    if len(entry["rho"]) != count:
+        raise ScheduleFileError(
+            f"{_where(source)}{label}: rho has {len(entry['rho'])} values but skips.count is {count}; "
+            "one coefficient per skip site is required"
+        )
+    sigma_range = entry.get("sigma_range")
+    if sigma_range is not None and not sigma_range[0] < sigma_range[1]:
+        raise ScheduleFileError(
+            f"{_where(source)}{label}: sigma_range [{sigma_range[0]}, {sigma_range[1]}] is empty; "
+            "it must be [lo, hi] with lo < hi"
+        )
+    solver = entry["solver"]
+    if "sigma_min" in solver and "sigma_max" in solver and not solver["sigma_min"] < solver["sigma_max"]:
+        raise ScheduleFileError(
+            f"{_where(source)}{label}: solver.sigma_min ({solver['sigma_min']}) must be below "
+            f"solver.sigma_max ({solver['sigma_max']})"
+        )
+
+
+def validate_entry(data: Any, *, root: str = "$", source: str | None = None) -> None:
+    """Check one schedule entry (schema + semantics); `root` names it in messages."""
+    _schema_check(data, "entry", root, source)
+    _semantic_check(data, root, source)
+
+
+def validate_document(data: Any, *, source: str | None = None) -> None:
+    """Raise ScheduleFileError naming the first problem; `source` (a file name) prefixes messages.
+
+    Order: format version, then the shipped JSON Schema, then cross-field checks per entry.
+    """
+    _check_format(data, source)
+    _schema_check(data, "document", "$", source)
+    created = data["created"]
+    try:
+        # Python < 3.11 does not parse a trailing Z; the schema pattern already fixed the shape.
+        stamp = datetime.fromisoformat(re.sub(r"[Zz]$", "+00:00", created))
+    except ValueError:
+        stamp = None
+    if stamp is None or stamp.tzinfo is None:
+        raise ScheduleFileError(
+            f"{_where(source)}$.created: {created!r} is not an RFC 3339 date-time (e.g. 2026-11-27T12:00:00Z)"
+        )
+    for i, entry in enumerate(data["schedules"]):
+        _semantic_check(entry, _path(("schedules", i)), source)
+
+
+# --------------------------------------------------------------------------------------------
+# entries and documents
+
+
+def _opt_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _ordered(data: Mapping[str, Any] | None, first: Sequence[str]) -> dict[str, Any] | None:
+    """Known keys in the documented order, then the rest as given: stable, readable output."""
+    if data is None:
+        return None
+    out = {k: data[k] for k in first if k in data}
+    out.update((k, v) for k, v in data.items() if k not in out)
+    return out
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScheduleEntry:
+    """One exported schedule with the context needed to reuse it (model, solver, score).
+
+    Construction only normalises types; values are checked by `validate_entry`, which
+    `from_json` and `dump_schedules` run, so there is one rule set (the schema + semantics).
+    """
+
+    model_family: str = "edm"
+    model_name: str
+    model_sha256: str | None = None
+    solver: str
+    nfe: int
+    sigma_min: float | None = 0.002
+    sigma_max: float | None = 80.0
+    time_exponent: float | None = 7.0
+    rho: tuple[float, ...]
+    sigma_range: tuple[float, float] | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    score: dict[str, Any] | None = None
+    baseline: dict[str, Any] | None = None
+    study: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        try:  # numpy integers from a study become plain ints; anything else is left for validation
+            object.__setattr__(self, "nfe", operator.index(self.nfe))
+        except TypeError:
+            pass
+        object.__setattr__(self, "rho", tuple(float(r) for r in self.rho))
+        if self.sigma_range is not None:
+            object.__setattr__(self, "sigma_range", tuple(float(s) for s in self.sigma_range))
+        object.__setattr__(self, "params", dict(self.params or {}))
+        for name in ("score", "baseline", "study"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, dict(value))
+
+    @property
+    def num_skips(self) -> int:
+        return len(self.rho)
+
+    @property
+    def score_value(self) -> float | None:
+        return None if self.score is None else self.score.get("value")
+
+    @property
+    def schedule(self) -> SkipSchedule:
+        return SkipSchedule(self.rho, self.sigma_range)
+
+    @property
+    def label(self) -> str:
+        return f"{self.model_name}/{self.solver}/nfe{self.nfe}"
+
+    def matches(self, model: str | None = None, nfe: int | None = None, solver: str | None = None) -> bool:
+        """`model` is the model name or its sha256; `solver` is compared case-insensitively."""
+        if model is not None and model != self.model_name:
+            if self.model_sha256 is None or model.lower() != self.model_sha256.lower():
+                return False
+        if nfe is not None and nfe != self.nfe:
+            return False
+        if solver is not None and solver.lower() != self.solver.lower():
+            return False
+        return True
+
+    def check_num_skips(self, num_skips: int) -> None:
+        """Refuse to apply this schedule to a network with a different number of skip sites."""
+        if self.num_skips != num_skips:
+            raise ScheduleFileError(
+                f"wrong rho length for the model: schedule {self.label} has {self.num_skips} coefficients, "
+                f"network has {num_skips} skip sites; use a schedule exported for this network"
+            )
+
+    def to_json(self) -> dict[str, Any]:
+        solver: dict[str, Any] = {"name": self.solver, "nfe": self.nfe}
+        for key in ("sigma_min", "sigma_max", "time_exponent"):
+            if getattr(self, key) is not None:
+                solver[key] = getattr(self, key)
+        return {
+            "model": {"family": self.model_family, "name": self.model_name, "sha256": self.model_sha256},
+            "solver": solver,
+            "skips": {"count": self.num_skips, "order": "outermost-first"},
+            "rho": list(self.rho),
+            "sigma_range": list(self.sigma_range) if self.sigma_range is not None else None,
+            "params": dict(self.params),
+            "score": _ordered(self.score, ("metric", "value", "samples", "features", "reference_sha256")),
+            "baseline": _ordered(self.baseline, ("value",)),
+            "study": _ordered(self.study, ("name", "trial", "trials_complete")),
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], *, root: str = "$", source: str | None = None) -> ScheduleEntry:
+        """Validate and parse one entry; unknown keys are ignored (forward compatibility)."""
+        validate_entry(data, root=root, source=source)
+        return cls._parse(data)
+
+    @classmethod
+    def _parse(cls, data: Mapping[str, Any]) -> ScheduleEntry:
+        model, solver = data["model"], data["solver"]
+        return cls(
+            model_family=model["family"],
+            model_name=model["name"],
+            model_sha256=model.get("sha256"),
+            solver=solver["name"],
+            nfe=int(solver["nfe"]),  # the schema admits 19.0 as an integer
+            sigma_min=_opt_float(solver.get("sigma_min")),
+            sigma_max=_opt_float(solver.get("sigma_max")),
+            time_exponent=_opt_float(solver.get("time_exponent")),
+            rho=data["rho"],
+            sigma_range=data.get("sigma_range"),
+            params=data.get("params") or {},
+            score=data.get("score"),
+            baseline=data.get("baseline"),
+            study=data.get("study"),
+        )
+
+
+def _describe_filters(model: str | None, nfe: int | None, solver: str | None) -> str:
+    given = [f"{k}={v!r}" for k, v in (("model", model), ("solver", solver), ("nfe", nfe)) if v is not None]
+    return ", ".join(given) or "no filters"
+
+
+@dataclass
+class ScheduleDocument:
+    """A parsed schedules file; `best()` is what a consuming tool calls."""
+
+    entries: list[ScheduleEntry]
+    created: str
+    source: str | None = None
+
+    def select(self, model: str | None = None, nfe: int | None = None, solver: str | None = None) -> list[ScheduleEntry]:
+        """All entries matching every given filter, in file order."""
+        return [e for e in self.entries if e.matches(model=model, nfe=nfe, solver=solver)]
+
+    def entry(self, model: str | None = None, nfe: int | None = None, solver: str | None = None) -> ScheduleEntry:
+        """The matching entry with the lowest score (unscored entries last; ties: first in file)."""
+        matches = self.select(model=model, nfe=nfe, solver=solver)
+        if not matches:
+            available = ", ".join(sorted({e.label for e in self.entries})) or "none (the file has no schedules)"
+            raise ScheduleFileError(
+                f"{_where(self.source)}no schedule for {_describe_filters(model, nfe, solver)}; "
+                f"available (model/solver/nfe): {available}"
+            )
+        metrics = sorted({e.score.get("metric") for e in matches if e.score is not None})
+        if len(metrics) > 1:
+            raise ScheduleFileError(
+                f"{_where(self.source)}schedules for {_describe_filters(model, nfe, solver)} are scored with "
+                f"different metrics ({', '.join(map(str, metrics))}) and cannot be ranked; give model, solver and nfe"
+            )
+        return min(matches, key=lambda e: (e.score_value is None, e.score_value if e.score_value is not None else 0.0))
+
+    def best(self, model: str | None = None, nfe: int | None = None, solver: str | None = None) -> SkipSchedule:
+        """The schedule to use for (model, nfe, solver); see `entry` for the ranking rule."""
+        return self.entry(model=model, nfe=nfe, solver=solver).schedule
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": FORMAT, "created": self.created, "schedules": [e.to_json() for e in self.entries]}
+
+    @classmethod
+    def from_json(cls, data: Any, *, source: str | None = None) -> ScheduleDocument:
+        validate_document(data, source=source)
+        return cls([ScheduleEntry._parse(e) for e in data["schedules"]], data["created"], source)
+
+
+# --------------------------------------------------------------------------------------------
+# files
+
+
+def load_schedules(path: str | os.PathLike[str], *, num_skips: int | None = None) -> ScheduleDocument:
+    """Read and validate a schedules file.
+
+    `num_skips`, when given, requires every schedule in the file to have that many coefficients
+    (for single-model files; otherwise call `entry(...).check_num_skips(k)` on the one you use).
+    """
+    source = os.fspath(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ScheduleFileError(f"schedules file {source} does not exist; create it with `skipsearch export -o {source}`") from None
+    except UnicodeDecodeError as exc:
+        raise ScheduleFileError(f"{source} is not valid JSON: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise ScheduleFileError(f"cannot read schedules file {source}: {exc.strerror or exc}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ScheduleFileError(f"{source} is not valid JSON: line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    doc = ScheduleDocument.from_json(data, source=source)
+    if num_skips is not None:
+        for e in doc.entries:
+            e.check_num_skips(num_skips)
+    return doc
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def dump_schedules(
+    entries: Iterable[ScheduleEntry] | ScheduleDocument,
+    path: str | os.PathLike[str],
+    *,
+    created: str | None = None,
+) -> ScheduleDocument:
+    """Validate, then write atomically: temp file in the same directory, fsync, os.replace.
+
+    Readers see either the old file or the complete new one, never a partial write; on any
+    failure the existing file is untouched and the temp file is removed. `created` defaults to
+    the document's own timestamp when given a ScheduleDocument, else to now (UTC).
+    """
+    if isinstance(entries, ScheduleDocument):
+        doc = ScheduleDocument(list(entries.entries), created or entries.created, os.fspath(path))
+    else:
+        doc = ScheduleDocument(list(entries), created or _now(), os.fspath(path))
+    data = doc.to_json()
+    validate_document(data, source=f"refusing to write {doc.source}")
+    try:
+        text = json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+    except (TypeError, ValueError) as exc:
+        raise ScheduleFileError(f"refusing to write {doc.source}: {exc}; use plain numbers and strings") from None
+
+    target = Path(path)
+    try:
+        mode = target.stat().st_mode & 0o777
+    except FileNotFoundError:
+        mode = 0o644  # mkstemp's 0600 would hide the file from other users of a shared export
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(target.parent)
+    return doc
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make the rename itself durable; best effort (not possible on every OS/filesystem)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def entry_from_schedule(
+    schedule: SkipSchedule,
+    *,
+    model_name: str,
+    model_family: str = "edm",
+    model_sha256: str | None = None,
+    solver: str,
+    nfe: int,
+    sigma_min: float = 0.002,
+    sigma_max: float = 80.0,
+    time_exponent: float = 7.0,
+    params: Mapping[str, Any] | None = None,
+    score: Mapping[str, Any] | None = None,
+    baseline: Mapping[str, Any] | None = None,
+    study: Mapping[str, Any] | None = None,
+) -> ScheduleEntry:
+    """Wrap a searched SkipSchedule with the context an export needs."""
+    return ScheduleEntry(
+        model_family=model_family,
+        model_name=model_name,
+        model_sha256=model_sha256,
+        solver=solver,
+        nfe=nfe,
+        sigma_min=sigma_min,
+        sigma_max=sigma_max,
+        time_exponent=time_exponent,
+        rho=schedule.rho,
+        sigma_range=schedule.sigma_range,
+        params=dict(params or {}),
+        score=None if score is None else dict(score),
+        baseline=None if baseline is None else dict(baseline),
+        study=None if study is None else dict(study),
+    )
