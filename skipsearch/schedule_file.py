@@ -69,7 +69,8 @@ def _validator(part: str) -> jsonschema.Draft202012Validator:
     if part == "document":
         return jsonschema.Draft202012Validator(root)
     # A single entry: reuse the document's $defs so both checks share one definition.
-    return jsonschema.Draft202012Validator({"$schema": root["$schema"], "$defs": root["$defs"], "$ref": f"#/$defs/{part}"})
+    wrapper = {"$schema": root["$schema"], "$defs": root["$defs"], "$ref": f"#/$defs/{part}"}
+    return jsonschema.Draft202012Validator(wrapper)
 
 
 def _path(parts: Iterable[str | int], root: str = "$") -> str:
@@ -150,7 +151,7 @@ def _semantic_check(entry: Mapping[str, Any], root: str, source: str | None) -> 
     label = _entry_label(entry, root)
     for parts, value in _non_finite(entry):
         raise ScheduleFileError(
-            f"{_where(source)}{label}: {_path(parts, root)} is {value}; every number must be finite"
+            f"{_where(source)}{label}: {_path(parts, '').lstrip('.')} is {value}; every number must be finite"
         )
     count = entry["skips"]["count"]
     if len(entry["rho"]) != count:
@@ -345,7 +346,9 @@ class ScheduleDocument:
     created: str
     source: str | None = None
 
-    def select(self, model: str | None = None, nfe: int | None = None, solver: str | None = None) -> list[ScheduleEntry]:
+    def select(
+        self, model: str | None = None, nfe: int | None = None, solver: str | None = None
+    ) -> list[ScheduleEntry]:
         """All entries matching every given filter, in file order."""
         return [e for e in self.entries if e.matches(model=model, nfe=nfe, solver=solver)]
 
@@ -393,15 +396,21 @@ def load_schedules(path: str | os.PathLike[str], *, num_skips: int | None = None
     try:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ScheduleFileError(f"schedules file {source} does not exist; create it with `skipsearch export -o {source}`") from None
+        raise ScheduleFileError(
+            f"schedules file {source} does not exist; create it with `skipsearch export -o {source}`"
+        ) from None
     except UnicodeDecodeError as exc:
-        raise ScheduleFileError(f"{source} is not valid JSON: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        raise ScheduleFileError(
+            f"{source} is not valid JSON: not UTF-8 text ({exc.reason} at byte {exc.start})"
+        ) from None
     except OSError as exc:
         raise ScheduleFileError(f"cannot read schedules file {source}: {exc.strerror or exc}") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ScheduleFileError(f"{source} is not valid JSON: line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+        raise ScheduleFileError(
+            f"{source} is not valid JSON: line {exc.lineno} column {exc.colno}: {exc.msg}"
+        ) from None
     doc = ScheduleDocument.from_json(data, source=source)
     if num_skips is not None:
         for e in doc.entries:
