@@ -1,0 +1,159 @@
+"""Seeded few-step sampling that reproduces EDM's generate.py image for image.
+
+Sample j is fully determined by its seed: one torch.Generator per seed (seeded with seed mod 2³²)
+draws the [C,H,W] latent and then, for conditional networks, the class label — so batching never
+changes an image, and two trials with different schedules see the same noise (common random
+numbers). Solver state stays in float64; the network runs in float32 (or bf16 under autocast).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import nullcontext
+from typing import Literal
+
+import torch
+from torch import nn
+
+from .schedule import SkipSchedule
+from .skiptune import skip_tuned
+from .solvers import edm_sigmas, get_solver
+
+__all__ = ["sample", "iter_samples", "seed_latents", "to_uint8", "make_sigmas", "Precision"]
+
+Precision = Literal["fp32", "bf16"]
+
+
+def seed_latents(
+    seeds: Sequence[int],
+    shape: Sequence[int],
+    label_dim: int = 0,
+    device: str | torch.device = "cpu",
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Latents [N,*shape] and one-hot labels [N,label_dim] exactly as EDM's generate.py draws them."""
+    generators = [torch.Generator(device).manual_seed(int(s) % (1 << 32)) for s in seeds]
+    latents = torch.stack([torch.randn(list(shape), generator=g, device=device) for g in generators])
+    if not label_dim:
+        return latents, None
+    idx = torch.stack([torch.randint(label_dim, size=[], generator=g, device=device) for g in generators])
+    return latents, torch.eye(label_dim, device=device)[idx]
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """EDM's conversion to 8-bit pixels: (x·127.5 + 128) clipped to [0, 255], truncated."""
+    return (x * 127.5 + 128).clip(0, 255).to(torch.uint8)
+
+
+def make_sigmas(
+    net: nn.Module,
+    solver: str,
+    nfe: int,
+    *,
+    sigma_min: float = 0.002,
+    sigma_max: float = 80.0,
+    time_exponent: float = 7.0,
+    device: str | torch.device = "cpu",
+) -> torch.Tensor:
+    """EDM time steps for `nfe` evaluations of `solver`, clamped to the network's σ range."""
+    steps = get_solver(solver).steps_for_nfe(nfe)
+    sigma_min = max(sigma_min, float(getattr(net, "sigma_min", 0.0)))
+    sigma_max = min(sigma_max, float(getattr(net, "sigma_max", float("inf"))))
+    return edm_sigmas(steps, sigma_min=sigma_min, sigma_max=sigma_max, time_exponent=time_exponent, device=device)
+
+
+def _labels_for(
+    class_labels: int | Sequence[int] | torch.Tensor | None,
+    drawn: torch.Tensor | None,
+    start: int,
+    stop: int,
+    label_dim: int,
+) -> torch.Tensor | None:
+    if class_labels is None or drawn is None:
+        return drawn
+    if isinstance(class_labels, int):
+        idx = torch.full([stop - start], class_labels, dtype=torch.long)
+    else:
+        idx = torch.as_tensor(class_labels, dtype=torch.long).reshape(-1)[start:stop]
+    if idx.numel() and (idx.min() < 0 or idx.max() >= label_dim):
+        raise ValueError(f"class labels must lie in [0, {label_dim}); got {idx.min().item()}..{idx.max().item()}")
+    return torch.eye(label_dim, device=drawn.device)[idx.to(drawn.device)]
+
+
+def iter_samples(
+    net: nn.Module,
+    seeds: Sequence[int],
+    *,
+    solver: str,
+    nfe: int,
+    schedule: SkipSchedule | None = None,
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+    class_labels: int | Sequence[int] | torch.Tensor | None = None,
+    sigmas: torch.Tensor | None = None,
+    time_exponent: float = 7.0,
+    precision: Precision = "fp32",
+    channels_last: bool = False,
+) -> Iterator[tuple[Sequence[int], torch.Tensor]]:
+    """Yield (seeds, x) batch by batch; x is the solver's final float64 output, unclipped.
+
+    `class_labels`: None draws them per seed as EDM does; an int fixes one class; a sequence gives
+    one class per seed. `sigmas` overrides the EDM time steps (its length must match the NFE).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    spec = get_solver(solver)
+    device = torch.device(device)
+    if sigmas is None:
+        sigmas = make_sigmas(net, solver, nfe, time_exponent=time_exponent, device=device)
+    else:
+        sigmas = torch.as_tensor(sigmas, dtype=torch.float64, device=device)
+        if len(sigmas) - 1 != spec.steps_for_nfe(nfe):
+            raise ValueError(f"{solver} at NFE {nfe} takes {spec.steps_for_nfe(nfe) + 1} sigmas, got {len(sigmas)}")
+    label_dim = int(getattr(net, "label_dim", 0))
+    shape = [int(net.img_channels), int(net.img_resolution), int(net.img_resolution)]
+    use_autocast = precision == "bf16"
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be 'fp32' or 'bf16', not {precision!r}")
+    memory_format = torch.channels_last if channels_last and device.type == "cuda" else torch.contiguous_format
+    if memory_format is torch.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+
+    seeds = list(seeds)
+    with torch.inference_mode(), skip_tuned(net, schedule):
+        for start in range(0, len(seeds), batch_size):
+            batch = seeds[start : start + batch_size]
+            latents, drawn = seed_latents(batch, shape, label_dim, device)
+            labels = _labels_for(class_labels, drawn, start, start + len(batch), label_dim)
+
+            def denoise(x: torch.Tensor, sigma: float, labels: torch.Tensor | None = labels) -> torch.Tensor:
+                ctx = torch.autocast(device.type, dtype=torch.bfloat16) if use_autocast else nullcontext()
+                with ctx:
+                    out = net(x.to(memory_format=memory_format), sigma, labels)
+                return out.to(torch.float64)
+
+            x = latents.to(torch.float64) * sigmas[0]
+            yield batch, spec.fn(denoise, x, sigmas)
+
+
+def sample(
+    net: nn.Module,
+    seeds: Sequence[int],
+    *,
+    solver: str,
+    nfe: int,
+    schedule: SkipSchedule | None = None,
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+    class_labels: int | Sequence[int] | torch.Tensor | None = None,
+    sigmas: torch.Tensor | None = None,
+    time_exponent: float = 7.0,
+    precision: Precision = "fp32",
+    channels_last: bool = False,
+) -> torch.Tensor:
+    """All samples for `seeds` as one float64 tensor [N,C,H,W] in data space (nominally [-1, 1])."""
+    batches = iter_samples(
+        net, seeds, solver=solver, nfe=nfe, schedule=schedule, batch_size=batch_size, device=device,
+        class_labels=class_labels, sigmas=sigmas, time_exponent=time_exponent, precision=precision,
+        channels_last=channels_last,
+    )
+    return torch.cat([x for _, x in batches])
