@@ -144,3 +144,26 @@ def load_network(
         else:
             raise CheckpointError(f"{p}: unknown checkpoint type {p.suffix!r}; expected .pkl, .pt, .pth or .safetensors")
     return net.eval().requires_grad_(False).to(device)
+
+
+DEFAULT_BUILTIN = {"edm": "edm-digits"}
+
+
+def resolve_model_source(model: str, checkpoint: str | Path | None = None) -> str:
+    """Where to load from: the checkpoint if given, else the family's built-in model."""
+    if checkpoint is not None:
+        return str(checkpoint)
+    if model.startswith(BUILTIN_PREFIX):
+        return model
+    if model in DEFAULT_BUILTIN:
+        return BUILTIN_PREFIX + DEFAULT_BUILTIN[model]
+    raise CheckpointError(
+        f"unknown model {model!r}: use --model edm (with --checkpoint FILE for your own network) or builtin:NAME"
+    )
+
+
+def model_name(source: str) -> str:
+    """The name schedules are filed under: the built-in's name or the checkpoint's file stem."""
+    if source.startswith(BUILTIN_PREFIX):
+        return source[len(BUILTIN_PREFIX):]
+    return Path(source).stem

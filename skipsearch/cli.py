@@ -1,0 +1,134 @@
+"""The `skipsearch` command line. Each command parses options, calls the library, prints results.
+
+User mistakes (bad files, impossible solver/NFE pairs, wrong schedules) end in one red line and
+exit code 2 — never a traceback.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .models.edm_pickle import CheckpointError
+from .schedule import ScheduleError, SkipSchedule
+from .schedule_file import ScheduleFileError
+from .skiptune import StructureError
+from .solvers import SolverError
+
+app = typer.Typer(
+    name="skipsearch",
+    help="Search skip-coefficient schedules (Skip-Tuning) for few-step sampling of EDM diffusion networks.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+USER_ERRORS = (CheckpointError, ScheduleError, ScheduleFileError, SolverError, StructureError)
+
+
+class UsageError(ValueError):
+    """A combination of options that cannot work."""
+
+
+ModelOpt = Annotated[str, typer.Option("--model", help="Model family ('edm') or builtin:NAME.")]
+CheckpointOpt = Annotated[
+    Optional[Path], typer.Option("--checkpoint", help="EDM .pkl, or .pt/.safetensors with a config beside it.")
+]
+
+
+def _load(model: str, checkpoint: Optional[Path], device: str):
+    from .models.loading import load_network, model_name, resolve_model_source
+
+    source = resolve_model_source(model, checkpoint)
+    return load_network(source, device=device), model_name(source)
+
+
+@app.command()
+def sites(model: ModelOpt = "edm", checkpoint: CheckpointOpt = None) -> None:
+    """List a network's skip sites in push order (0 = outermost)."""
+    from .skiptune import skip_sites
+
+    net, name = _load(model, checkpoint, "cpu")
+    table = Table(title=f"{name}: {len(skip_sites(net))} skip sites")
+    for col in ("site", "resolution", "channels", "encoder entry", "decoder block"):
+        table.add_column(col)
+    for s in skip_sites(net):
+        table.add_row(str(s.index), f"{s.resolution}x{s.resolution}" if s.resolution else "?", str(s.channels),
+                      s.producer, s.consumer)
+    console.print(table)
+
+
+@app.command()
+def sample(
+    output: Annotated[Path, typer.Option("-o", "--output", help="PNG grid to write.")] = Path("samples.png"),
+    model: ModelOpt = "edm",
+    checkpoint: CheckpointOpt = None,
+    solver: Annotated[Optional[str], typer.Option(help="euler, heun, dpmpp_2m, dpmpp_3m, ipndm, unipc.")] = None,
+    nfe: Annotated[Optional[int], typer.Option(help="Network evaluations per sample.")] = None,
+    schedule: Annotated[Optional[Path], typer.Option("--schedule", help="Exported schedules JSON to apply.")] = None,
+    rho_top: Annotated[Optional[float], typer.Option(help="Linear schedule: ρ of the outermost skip.")] = None,
+    rho_bottom: Annotated[float, typer.Option(help="Linear schedule: ρ of the innermost skip.")] = 1.0,
+    curve: Annotated[float, typer.Option(help="Linear schedule: shape exponent (γ = 4^curve).")] = 0.0,
+    seed: Annotated[int, typer.Option("--seeds", help="First seed; sample j uses seed START+j.")] = 0,
+    count: Annotated[int, typer.Option(help="Number of images.")] = 64,
+    batch_size: Annotated[int, typer.Option(help="Images per network call.")] = 64,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, ...")] = "cpu",
+) -> None:
+    """Render a grid of samples, optionally with a skip schedule."""
+    from .images import save_grid
+    from .sampling import sample as run_sample
+    from .sampling import to_uint8
+    from .schedule_file import load_schedules
+    from .skiptune import skip_sites
+
+    if schedule is not None and rho_top is not None:
+        raise UsageError("give either --schedule FILE or --rho-top/--rho-bottom/--curve, not both")
+    if count < 1:
+        raise UsageError("--count must be at least 1")
+    net, name = _load(model, checkpoint, device)
+    k = len(skip_sites(net))
+    sched: SkipSchedule | None = None
+    if schedule is not None:
+        entry = load_schedules(schedule).entry(model=name, nfe=nfe, solver=solver)
+        entry.check_num_skips(k)
+        solver, nfe, sched = solver or entry.solver, nfe or entry.nfe, entry.schedule
+    elif rho_top is not None:
+        sched = SkipSchedule.linear(k, rho_top, rho_bottom, curve)
+    solver = solver or "euler"
+    if nfe is None:
+        raise UsageError("--nfe is required (or take it from --schedule)")
+    x = run_sample(net, range(seed, seed + count), solver=solver, nfe=nfe, schedule=sched, batch_size=batch_size,
+                   device=device)
+    path = save_grid(to_uint8(x), output, scale=max(1, 128 // int(net.img_resolution)))
+    what = "untuned" if sched is None or sched.is_identity else "rho " + " ".join(f"{r:.3g}" for r in sched.rho)
+    console.print(f"wrote {path}: {count} samples of {name}, {solver} NFE {nfe}, {what}")
+
+
+@app.command()
+def validate(path: Annotated[Path, typer.Argument(help="A skipsearch.schedules/v1 JSON file.")]) -> None:
+    """Check an exported schedules file against the v1 format."""
+    from .schedule_file import load_schedules
+
+    doc = load_schedules(path)
+    console.print(f"[green]ok[/green] {path}: {len(doc.entries)} schedule(s), format skipsearch.schedules/v1")
+
+
+def main() -> None:
+    try:
+        app()
+    except (*USER_ERRORS, UsageError) as e:
+        err_console.print(f"[bold red]error:[/bold red] {e}", highlight=False, soft_wrap=True)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        err_console.print("[yellow]interrupted[/yellow]")
+        raise SystemExit(130) from None
+
+
+if __name__ == "__main__":
+    main()
