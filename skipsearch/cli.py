@@ -6,8 +6,10 @@ exit code 2 — never a traceback.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional, TypeVar
 
 import typer
 from rich.console import Console
@@ -36,6 +38,24 @@ class UsageError(ValueError):
     """A combination of options that cannot work."""
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def command(fn: F) -> F:
+    """Register a command whose user errors become one red line and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (*USER_ERRORS, UsageError) as e:
+            err_console.print(f"[bold red]error:[/bold red] {e}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    app.command()(wrapper)
+    return fn
+
+
 ModelOpt = Annotated[str, typer.Option("--model", help="Model family ('edm') or builtin:NAME.")]
 CheckpointOpt = Annotated[
     Optional[Path], typer.Option("--checkpoint", help="EDM .pkl, or .pt/.safetensors with a config beside it.")
@@ -49,7 +69,7 @@ def _load(model: str, checkpoint: Optional[Path], device: str):
     return load_network(source, device=device), model_name(source)
 
 
-@app.command()
+@command
 def sites(model: ModelOpt = "edm", checkpoint: CheckpointOpt = None) -> None:
     """List a network's skip sites in push order (0 = outermost)."""
     from .skiptune import skip_sites
@@ -64,7 +84,7 @@ def sites(model: ModelOpt = "edm", checkpoint: CheckpointOpt = None) -> None:
     console.print(table)
 
 
-@app.command()
+@command
 def sample(
     output: Annotated[Path, typer.Option("-o", "--output", help="PNG grid to write.")] = Path("samples.png"),
     model: ModelOpt = "edm",
@@ -110,7 +130,7 @@ def sample(
     console.print(f"wrote {path}: {count} samples of {name}, {solver} NFE {nfe}, {what}")
 
 
-@app.command()
+@command
 def validate(path: Annotated[Path, typer.Argument(help="A skipsearch.schedules/v1 JSON file.")]) -> None:
     """Check an exported schedules file against the v1 format."""
     from .schedule_file import load_schedules
@@ -122,9 +142,6 @@ def validate(path: Annotated[Path, typer.Argument(help="A skipsearch.schedules/v
 def main() -> None:
     try:
         app()
-    except (*USER_ERRORS, UsageError) as e:
-        err_console.print(f"[bold red]error:[/bold red] {e}", highlight=False, soft_wrap=True)
-        raise SystemExit(2) from None
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted[/yellow]")
         raise SystemExit(130) from None
