@@ -15,9 +15,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .export import ExportError
+from .metrics import MetricError
 from .models.edm_pickle import CheckpointError
 from .schedule import ScheduleError, SkipSchedule
 from .schedule_file import ScheduleFileError
+from .search.config import ConfigError
+from .search.storage import StorageError
+from .search.study import StudyError
 from .skiptune import StructureError
 from .solvers import SolverError
 
@@ -31,7 +36,10 @@ app = typer.Typer(
 console = Console()
 err_console = Console(stderr=True)
 
-USER_ERRORS = (CheckpointError, ScheduleError, ScheduleFileError, SolverError, StructureError)
+USER_ERRORS = (
+    CheckpointError, ScheduleError, ScheduleFileError, SolverError, StructureError, ConfigError, StorageError,
+    StudyError, ExportError, MetricError,
+)
 
 
 class UsageError(ValueError):
@@ -41,19 +49,22 @@ class UsageError(ValueError):
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def command(fn: F) -> F:
+def command(fn: F | None = None, **settings: Any) -> Any:
     """Register a command whose user errors become one red line and exit code 2."""
 
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except (*USER_ERRORS, UsageError) as e:
-            err_console.print(f"[bold red]error:[/bold red] {e}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
+    def register(fn: F) -> F:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except (*USER_ERRORS, UsageError) as e:
+                err_console.print(f"[bold red]error:[/bold red] {e}", highlight=False, soft_wrap=True)
+                raise typer.Exit(2) from None
 
-    app.command()(wrapper)
-    return fn
+        app.command(**settings)(wrapper)
+        return fn
+
+    return register(fn) if fn is not None else register
 
 
 ModelOpt = Annotated[str, typer.Option("--model", help="Model family ('edm') or builtin:NAME.")]
@@ -137,6 +148,84 @@ def validate(path: Annotated[Path, typer.Argument(help="A skipsearch.schedules/v
 
     doc = load_schedules(path)
     console.print(f"[green]ok[/green] {path}: {len(doc.entries)} schedule(s), format skipsearch.schedules/v1")
+
+
+@command
+def score(
+    schedule: Annotated[Optional[Path], typer.Option("--schedule", help="Exported schedules JSON to re-score.")] = None,
+    model: ModelOpt = "edm",
+    checkpoint: CheckpointOpt = None,
+    solver: Annotated[Optional[str], typer.Option(help="Only entries (or, without --schedule, this solver).")] = None,
+    nfe: Annotated[Optional[int], typer.Option(help="Only entries with this NFE (required without --schedule).")] = None,
+    samples: Annotated[int, typer.Option(help="Samples per score (more than the search used).")] = 5000,
+    seed: Annotated[int, typer.Option("--seeds", help="First seed; use seeds the search never saw.")] = 100000,
+    ref: Annotated[Optional[str], typer.Option("--ref", help="Reference statistics .npz.")] = None,
+    features: Annotated[Optional[str], typer.Option(help="Feature extractor name.")] = None,
+    features_weights: Annotated[Optional[str], typer.Option(help="Local weights file for the extractor.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per network call.")] = 250,
+    device: Annotated[str, typer.Option(help="cpu, cuda, ...")] = "cpu",
+) -> None:
+    """Re-score schedules (and the untuned baseline) on held-out seeds: the confirmation step."""
+    from .schedule_file import load_schedules
+    from .scoring import ProxyFID, resolve_metric_defaults
+    from .skiptune import skip_sites
+
+    if samples < 2:
+        raise UsageError("--samples must be at least 2")
+    net, name = _load(model, checkpoint, device)
+    features, reference = resolve_metric_defaults(net, features, ref)
+    scorer = ProxyFID(features, reference, device=device, weights_path=features_weights)
+    if schedule is not None:
+        doc = load_schedules(schedule)
+        entries = doc.select(model=name, nfe=nfe, solver=solver)
+        if not entries:
+            doc.entry(model=name, nfe=nfe, solver=solver)  # raises with the list of what is there
+        runs = [(e.solver, e.nfe, e.schedule, e.score_value) for e in entries]
+    else:
+        if nfe is None:
+            raise UsageError("--nfe is required without --schedule")
+        runs = [(solver or "euler", nfe, None, None)]
+    seeds = range(seed, seed + samples)
+    table = Table(title=f"{name}: proxy FID on seeds {seed}..{seed + samples - 1} ({features})")
+    for col in ("solver", "NFE", "baseline", "schedule", "gain", "search score"):
+        table.add_column(col)
+    baselines: dict[tuple[str, int], float] = {}
+    for run_solver, run_nfe, sched, searched in runs:
+        key = (run_solver, run_nfe)
+        if key not in baselines:
+            baselines[key] = list(scorer.iter_fid(net, seeds, solver=run_solver, nfe=run_nfe, batch_size=batch_size))[-1][1]
+        base = baselines[key]
+        tuned = None
+        if sched is not None:
+            sched.check_sites(len(skip_sites(net)))
+            tuned = list(scorer.iter_fid(net, seeds, solver=run_solver, nfe=run_nfe, schedule=sched,
+                                         batch_size=batch_size))[-1][1]
+        gain = f"{(base - tuned) / base * 100:+.1f}%" if tuned is not None else "—"
+        table.add_row(run_solver, str(run_nfe), f"{base:.3f}", f"{tuned:.3f}" if tuned is not None else "—", gain,
+                      f"{searched:.3f}" if searched is not None else "—")
+    console.print(table)
+
+
+@command
+def reference(
+    data: Annotated[Path, typer.Argument(help="Image folder, zip of images, or .npz image array.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Statistics .npz to write.")],
+    features: Annotated[str, typer.Option(help="inception-v3-compat or skipsearch-digits.")] = "inception-v3-compat",
+    features_weights: Annotated[Optional[str], typer.Option(help="Local weights file for the extractor.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 250,
+    device: Annotated[str, typer.Option(help="cpu, cuda, ...")] = "cpu",
+) -> None:
+    """Compute reference statistics (mu, sigma) of a data set for proxy FID."""
+    from .metrics import compute_reference, save_reference
+
+    stats = compute_reference(data, features=features, device=device, batch_size=batch_size,
+                              weights_path=features_weights)
+    save_reference(stats, output)
+    console.print(f"wrote {output}: {stats.count} images, {len(stats.mu)}-dim {features} statistics, "
+                  f"sha256 {stats.sha256[:12]}")
+
+
+from . import cli_search  # noqa: E402,F401  (registers launch/worker/status/export/dashboard)
 
 
 def main() -> None:

@@ -1,0 +1,1 @@
+"""The search service: study configs, Optuna storage, search spaces, objective, workers."""
