@@ -4,6 +4,7 @@ The public API (DESIGN.md §6): load a network, list its skip sites, build a sch
 sample with a few-step solver, and read exported schedule files.
 """
 
+from . import metrics  # registers the `skipsearch-digits` extractor with torch-fidelity
 from .models.loading import CheckpointError, load_network
 from .sampling import iter_samples, sample, to_uint8
 from .schedule import ScheduleError, SkipSchedule, SkipSite
@@ -15,6 +16,7 @@ from .schedule_file import (
     entry_from_schedule,
     load_schedules,
 )
+from .scoring import score, score_steps
 from .skiptune import skip_sites, skip_tuned
 from .solvers import SOLVERS, SolverError
 
@@ -30,6 +32,8 @@ __all__ = [
     "sample",
     "iter_samples",
     "to_uint8",
+    "score",
+    "score_steps",
     "SOLVERS",
     "SolverError",
     "load_schedules",

@@ -234,7 +234,3 @@ def main() -> None:
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted[/yellow]")
         raise SystemExit(130) from None
-
-
-if __name__ == "__main__":
-    main()

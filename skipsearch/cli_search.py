@@ -73,18 +73,20 @@ def build_configs(
     checkpoint = overrides.get("checkpoint")
     if preset is None:
         preset = "demo" if checkpoint is None and (overrides.get("model") or "edm") == "edm" else None
-    data: dict[str, Any] = load_preset(preset) if preset else {"solver": "dpmpp_2m"}
+    data: dict[str, Any] = (
+        load_preset(preset) if preset else {"solver": "dpmpp_2m", "features": "inception-v3-compat", "reference": None}
+    )
     if checkpoint is not None and preset == "demo":
         raise UsageError("--checkpoint needs --ref and --features for your network; the demo preset is for the built-in model")
     if checkpoint is None and preset is None:
         raise UsageError("give --checkpoint (your EDM network) or --preset")
     preset_nfes = data.pop("nfe", [10])
     data.update({k: v for k, v in overrides.items() if v is not None})
+    if data.get("reference") is None:
+        raise UsageError("--ref is required for your checkpoint: an EDM fid-refs .npz, or make one with `skipsearch reference`")
     source = resolve_model_source(data.get("model", "edm"), data.pop("checkpoint", None))
     data["checkpoint"] = source
-    data.setdefault("model_name", model_name(source))
-    if "model_name" not in overrides and overrides.get("checkpoint"):
-        data["model_name"] = model_name(source)
+    data["model_name"] = overrides.get("model_name") or model_name(source)
     nfes = nfes or (preset_nfes if isinstance(preset_nfes, list) else [preset_nfes])
     configs = [StudyConfig.from_dict({**data, "nfe": int(n)}) for n in nfes]
     from .solvers import get_solver

@@ -172,6 +172,7 @@ def test_postgres_password_never_printed(pg_url: str) -> None:
         (["launch", "--samples", "1", "--no-workers"], "at least 2"),
         (["launch", "--preset", "nope", "--no-workers"], "unknown study preset"),
         (["launch", "--nfe", "10", "x", "--no-workers"], "unexpected argument"),
+        (["launch", "--checkpoint", "mine.pt", "--no-workers"], "--ref is required"),
         (["worker", "--study", "missing/euler/nfe1"], "no study named"),
         (["export", "-o", "out.json"], "no studies with a completed trial"),
         (["status", "--storage", "not a url"], "not a database URL"),

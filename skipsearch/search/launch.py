@@ -72,14 +72,15 @@ def spawn_workers(
 ) -> list[WorkerProcess]:
     log_dir.mkdir(parents=True, exist_ok=True)
     workers = []
+    cpu_workers = sum(1 for d in devices if d == "cpu")
     for index, device in enumerate(devices):
         env = dict(os.environ, **{ENV_VAR: resolve_url(storage_url)})
         worker_device = device
         if device.startswith("cuda"):
             env["CUDA_VISIBLE_DEVICES"] = device.split(":", 1)[1] if ":" in device else "0"
             worker_device = "cuda:0"
-        if device == "cpu":
-            env.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
+        if device == "cpu":  # share the cores: oversubscribed OpenMP threads spin and stall each other
+            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // cpu_workers))
         cmd = [sys.executable, "-m", "skipsearch.search.worker", "--device", worker_device, "--index", str(index),
                "--heartbeat", str(settings.heartbeat_interval), "--grace", str(settings.grace_period)]
         for name in study_names:

@@ -1,0 +1,5 @@
+"""`python -m skipsearch` runs the CLI."""
+
+from skipsearch.cli import main
+
+main()
