@@ -47,7 +47,7 @@ def test_builtin_model_loads_with_its_metric(demo: torch.nn.Module) -> None:
     assert info is not None and info.features == "skipsearch-digits"
     assert demo.img_resolution == 16 and demo.img_channels == 1
     assert 250_000 < sum(p.numel() for p in demo.parameters()) < 3_000_000
-    assert len(ss.skip_sites(demo)) == 5
+    assert len(ss.skip_sites(demo)) == 6
 
 
 def test_score_equals_streaming_fid_on_the_same_images(demo: torch.nn.Module) -> None:
@@ -58,7 +58,7 @@ def test_score_equals_streaming_fid_on_the_same_images(demo: torch.nn.Module) ->
     stream = StreamingFID(make_extractor("skipsearch-digits"), builtin_reference(), [32, 96])
     expected = stream.add(images)
     assert np.allclose([f for _, f in steps], [f for _, f in expected], rtol=1e-9)
-    tuned = ss.score(demo, seeds, solver="euler", nfe=4, schedule=ss.SkipSchedule.linear(5, 0.5, 1.0, curve=-2))
+    tuned = ss.score(demo, seeds, solver="euler", nfe=4, schedule=ss.SkipSchedule.linear(6, 0.5, 1.0, curve=-2))
     assert tuned != steps[-1][1]
 
 
