@@ -34,6 +34,8 @@ app = typer.Typer(
     add_completion=False,
 )
 console = Console()
+if not console.is_terminal:  # piped or captured: tables need not fit an 80-column default
+    console = Console(width=120)
 err_console = Console(stderr=True)
 
 USER_ERRORS = (

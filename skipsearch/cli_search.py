@@ -40,16 +40,24 @@ def _gain_text(s: StudySummary) -> str:
 
 def summary_table(summaries: list[StudySummary], title: str = "skipsearch studies", elapsed: float | None = None) -> Table:
     table = Table(title=title + (f"  ({elapsed:.0f}s)" if elapsed is not None else ""))
-    for col in ("study", "trials done/budget", "running", "pruned", "failed", "baseline FID", "best FID", "gain",
-                "best params", "img/s"):
-        table.add_column(col)
+    table.add_column("study", no_wrap=True)
+    for col in ("done", "run", "pruned", "failed", "baseline", "best", "gain"):
+        table.add_column(col, justify="right", no_wrap=col != "gain")
     for s in summaries:
-        params = ", ".join(f"{k}={v:.3g}" for k, v in s.best_params.items()) or "—"
-        table.add_row(
-            s.name, f"{s.complete + s.pruned}/{s.config.trials}", str(s.running), str(s.pruned), str(s.failed),
-            _fmt(s.baseline), _fmt(s.best), _gain_text(s), params, _fmt(s.images_per_s, ".0f"),
-        )
+        table.add_row(s.name, f"{s.complete + s.pruned}/{s.config.trials}", str(s.running), str(s.pruned),
+                      str(s.failed), _fmt(s.baseline), _fmt(s.best), _gain_text(s))
     return table
+
+
+def best_lines(summaries: list[StudySummary]) -> list[str]:
+    lines = []
+    for s in summaries:
+        if s.best_trial is None:
+            continue
+        params = " ".join(f"{k}={v:.3g}" for k, v in s.best_params.items())
+        rate = f", {s.images_per_s:.0f} img/s" if s.images_per_s else ""
+        lines.append(f"{s.name}: best trial {s.best_trial}: {params}{rate}")
+    return lines
 
 
 def _nfe_list(nfe: list[int] | None, extra: list[str]) -> list[int] | None:
@@ -185,6 +193,8 @@ def _summaries(storage: str | None, names: list[str] | None = None, model: str |
 def _print_status(storage: str | None, names: list[str] | None = None) -> None:
     summaries = _summaries(storage, names)
     console.print(summary_table(summaries))
+    for line in best_lines(summaries):
+        console.print(line, highlight=False)
     for s in summaries:
         if s.significant is False:
             console.print(f"[yellow]{s.name}: the best trial does not beat the baseline by more than the proxy's "
@@ -242,4 +252,4 @@ def dashboard(
     serve(url, host=host, port=port, artifacts=artifacts)
 
 
-__all__ = ["launch", "worker", "status", "export", "dashboard", "summary_table", "build_configs"]
+__all__ = ["launch", "worker", "status", "export", "dashboard", "summary_table", "best_lines", "build_configs"]

@@ -93,7 +93,7 @@ def test_refuses_a_different_config(tiny_checkpoint: Path, tmp_path: Path) -> No
 
 def test_killed_worker_trial_is_retried(tiny_checkpoint: Path, tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'k.db'}"
-    [config] = prepare_studies(url, [_config(tiny_checkpoint, tmp_path, samples=400, trials=3, fidelity=[1.0])])
+    [config] = prepare_studies(url, [_config(tiny_checkpoint, tmp_path, samples=300, trials=2, fidelity=[1.0])])
     settings = StorageSettings(heartbeat_interval=1, grace_period=2)
     [victim] = spawn_workers(url, [config.study_name], ["cpu"], tmp_path / "logs", settings)
     storage = open_storage(url, settings)

@@ -6,7 +6,6 @@ FID is reported at each fidelity step; a trial the pruner stops never pays for t
 
 from __future__ import annotations
 
-import os
 import socket
 import tempfile
 import time
@@ -106,12 +105,8 @@ class Objective:
     def _upload_grid(self, trial: optuna.Trial, grid: list[torch.Tensor]) -> None:
         if self.artifact_store is None or not grid:
             return
-        fd, tmp = tempfile.mkstemp(prefix=f"trial-{trial.number}-", suffix=".png")
-        os.close(fd)
-        try:
-            path = Path(tmp)
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / f"samples-trial-{trial.number}.png"
             save_grid(torch.cat(grid), path, nrow=8, scale=max(1, 64 // int(self.net.img_resolution)))
             upload_artifact(artifact_store=self.artifact_store, file_path=str(path), study_or_trial=trial,
                             mimetype="image/png")
-        finally:
-            Path(tmp).unlink(missing_ok=True)
