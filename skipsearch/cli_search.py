@@ -122,6 +122,8 @@ def launch(
     space: Annotated[Optional[str], typer.Option(help="linear, stages or linear+window.")] = None,
     sampler: Annotated[Optional[str], typer.Option(help="gp (default), tpe or random.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Sampler seed.")] = None,
+    rho_bounds: Annotated[Optional[tuple[float, float]], typer.Option(help="Search range of each ρ (default 0.3 1.1).")] = None,
+    curve_bounds: Annotated[Optional[tuple[float, float]], typer.Option(help="Search range of curve (default -2 2).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Images per network call.")] = None,
     device: Annotated[Optional[str], typer.Option(help="Run one worker on this device (default: every GPU, else CPU).")] = None,
     workers: Annotated[bool, typer.Option("--workers/--no-workers", help="Run local workers after creating studies.")] = True,
@@ -134,7 +136,9 @@ def launch(
     nfes = _nfe_list(nfe, ctx.args)
     overrides = dict(model=model, checkpoint=str(checkpoint) if checkpoint else None, solver=solver, trials=trials,
                      samples=samples, reference=ref, features=features, features_weights=features_weights,
-                     model_name=study, space=space, sampler=sampler, sampler_seed=seed, batch_size=batch_size)
+                     model_name=study, space=space, sampler=sampler, sampler_seed=seed, batch_size=batch_size,
+                     rho_bounds=list(rho_bounds) if rho_bounds else None,
+                     curve_bounds=list(curve_bounds) if curve_bounds else None)
     configs = prepare_studies(storage, build_configs(preset, overrides, nfes))
     url = resolve_url(storage)
     console.print(f"storage {mask_url(url)}: " + ", ".join(c.study_name for c in configs))

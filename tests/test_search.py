@@ -170,6 +170,7 @@ def test_postgres_password_never_printed(pg_url: str) -> None:
         (["launch", "--solver", "heun", "--nfe", "10", "--no-workers"], "nearest valid: 9 or 11"),
         (["launch", "--space", "spiral", "--no-workers"], "unknown search space"),
         (["launch", "--samples", "1", "--no-workers"], "at least 2"),
+        (["launch", "--rho-bounds", "1.2", "0.5", "--no-workers"], "rho bounds must be finite with low < high"),
         (["launch", "--preset", "nope", "--no-workers"], "unknown study preset"),
         (["launch", "--nfe", "10", "x", "--no-workers"], "unexpected argument"),
         (["launch", "--checkpoint", "mine.pt", "--no-workers"], "--ref is required"),
