@@ -193,3 +193,23 @@ def test_worker_entry_point_reports_errors(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "skipsearch.search.worker", "--study", "nope"], env=env,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "no study named 'nope'" in proc.stderr
+
+
+def test_orphaned_running_trial_without_heartbeat_is_requeued(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """A worker killed before its first heartbeat leaves a RUNNING trial Optuna never fails; we do."""
+    from skipsearch.search.worker import fail_orphaned_trials
+
+    url = f"sqlite:///{tmp_path / 'o.db'}"
+    [config] = prepare_studies(url, [_config(tiny_checkpoint, tmp_path)])
+    storage = open_storage(url)
+    study = optuna.load_study(study_name=config.study_name, storage=storage)
+    orphan = study.ask()  # the enqueued baseline, now RUNNING with no heartbeat
+    assert fail_orphaned_trials(study, storage, StorageSettings(grace_period=3600)) == []
+    assert fail_orphaned_trials(study, storage, StorageSettings(grace_period=0)) == [orphan.number]
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    assert trials[orphan.number].state == TrialState.FAIL
+    retry = [t for t in trials.values() if t.system_attrs.get("failed_trial") == orphan.number]
+    assert len(retry) == 1 and retry[0].state == TrialState.WAITING
+    # Not yet suggested when orphaned: the baseline's enqueued values and kind travel with the retry.
+    assert retry[0].system_attrs["fixed_params"] == {"rho_top": 1.0, "rho_bottom": 1.0, "curve": 0.0}
+    assert retry[0].user_attrs[KIND_ATTR] == "baseline"

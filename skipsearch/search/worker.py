@@ -9,6 +9,7 @@ SIGTERM and Ctrl-C fail the running trial cleanly instead of leaving it RUNNING.
 from __future__ import annotations
 
 import argparse
+import datetime
 import os
 import signal
 import sys
@@ -16,6 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import optuna
+import sqlalchemy as sa
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.trial import TrialState
 from optuna.artifacts import FileSystemArtifactStore
 from optuna.study import MaxTrialsCallback
 from torch import nn
@@ -40,7 +44,7 @@ from .study import (
     make_sampler,
 )
 
-__all__ = ["checkpoint_sha256", "Resources", "run_worker", "open_studies"]
+__all__ = ["checkpoint_sha256", "Resources", "run_worker", "open_studies", "fail_orphaned_trials"]
 
 
 def checkpoint_sha256(source: str) -> str:
@@ -97,6 +101,29 @@ def open_studies(storage: optuna.storages.BaseStorage, names: list[str] | None) 
     return pending
 
 
+def fail_orphaned_trials(study: optuna.Study, storage: RDBStorage, settings: StorageSettings) -> list[int]:
+    """Fail (and re-queue) RUNNING trials that never recorded a heartbeat and are older than the grace period.
+
+    Optuna's stale-trial check skips trials without a heartbeat row, so a worker killed between
+    asking for a trial and starting its heartbeat thread would leave that trial RUNNING forever.
+    """
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    if not running:
+        return []
+    with storage.engine.connect() as conn:
+        beating = {row[0] for row in conn.execute(sa.text("SELECT trial_id FROM trial_heartbeats"))}
+    cutoff = datetime.datetime.now() - datetime.timedelta(seconds=settings.grace_period)
+    retry = RetryHeartbeatStaleTrialCallback(max_retry=settings.max_retry)
+    failed = []
+    for trial in running:
+        if trial._trial_id in beating or trial.datetime_start is None or trial.datetime_start > cutoff:
+            continue
+        if storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
+            retry(study, storage.get_trial(trial._trial_id))
+            failed.append(trial.number)
+    return failed
+
+
 def _raise_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -125,6 +152,7 @@ def run_worker(
         scorer = resources.scorer(config, net)
         if finished_count(study) >= config.trials:
             continue
+        fail_orphaned_trials(study, storage, settings)
         study.sampler = make_sampler(config, worker_index)
         study.pruner = make_pruner(config)
         store = FileSystemArtifactStore(_artifact_dir(config))
