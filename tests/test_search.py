@@ -195,6 +195,7 @@ def test_worker_entry_point_reports_errors(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "no study named 'nope'" in proc.stderr
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
 def test_orphaned_running_trial_without_heartbeat_is_requeued(tiny_checkpoint: Path, tmp_path: Path) -> None:
     """A worker killed before its first heartbeat leaves a RUNNING trial Optuna never fails; we do."""
     from skipsearch.search.worker import fail_orphaned_trials
