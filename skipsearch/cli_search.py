@@ -60,6 +60,14 @@ def best_lines(summaries: list[StudySummary]) -> list[str]:
     return lines
 
 
+def _warn_noise(summaries: list[StudySummary]) -> None:
+    """Say plainly when the best trial's gain is within the proxy's seed noise."""
+    for s in summaries:
+        if s.significant is False:
+            console.print(f"[yellow]{s.name}: the best trial does not beat the baseline by more than the proxy's "
+                          f"seed noise (±{s.noise:.2f} FID); treat it as no gain.[/yellow]")
+
+
 def _nfe_list(nfe: list[int] | None, extra: list[str]) -> list[int] | None:
     values = list(nfe or [])
     for arg in extra:
@@ -199,10 +207,7 @@ def _print_status(storage: str | None, names: list[str] | None = None) -> None:
     console.print(summary_table(summaries))
     for line in best_lines(summaries):
         console.print(line, highlight=False)
-    for s in summaries:
-        if s.significant is False:
-            console.print(f"[yellow]{s.name}: the best trial does not beat the baseline by more than the proxy's "
-                          f"seed noise (±{s.noise:.2f} FID); treat it as no gain.[/yellow]")
+    _warn_noise(summaries)
 
 
 @command
@@ -235,10 +240,7 @@ def export(
     quiet_optuna()
     doc, summaries = export_schedules(open_storage(storage), output, model=model, nfe=nfe)
     console.print(f"wrote {output}: {len(doc.entries)} schedule(s)")
-    for s in summaries:
-        if s.significant is False:
-            console.print(f"[yellow]{s.name}: best is within the proxy's seed noise of the baseline "
-                          f"(±{s.noise:.2f}); the exported schedule is not a demonstrated gain.[/yellow]")
+    _warn_noise(summaries)
 
 
 @command

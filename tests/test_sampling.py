@@ -15,20 +15,21 @@ from skipsearch.solvers import SolverError
 DATA = Path(__file__).parent / "data"
 
 
-@pytest.fixture(scope="module")
-def cond_net() -> EDMPrecond:
-    ref = torch.load(DATA / "edm-ref-adm-small-cond.pt", weights_only=True)
+def _reference_net(name: str) -> EDMPrecond:
+    ref = torch.load(DATA / name, weights_only=True)
     net = EDMPrecond(**ref["constructor_kwargs"]).eval().requires_grad_(False)
     net.load_state_dict(ref["state_dict"])
     return net
+
+
+@pytest.fixture(scope="module")
+def cond_net() -> EDMPrecond:
+    return _reference_net("edm-ref-adm-small-cond.pt")
 
 
 @pytest.fixture(scope="module")
 def uncond_net() -> EDMPrecond:
-    ref = torch.load(DATA / "edm-ref-ddpmpp-small.pt", weights_only=True)
-    net = EDMPrecond(**ref["constructor_kwargs"]).eval().requires_grad_(False)
-    net.load_state_dict(ref["state_dict"])
-    return net
+    return _reference_net("edm-ref-ddpmpp-small.pt")
 
 
 def _edm_generate_reference(net: EDMPrecond, seeds: list[int], num_steps: int) -> torch.Tensor:
