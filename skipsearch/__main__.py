@@ -1,4 +1,4 @@
-"""`python -m skipsearch` runs the CLI."""
+"""`python -m skipsearch` runs the CLI (and is how `launch` starts its workers)."""
 
 from skipsearch.cli import main
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from PIL import Image
+
+from .fileio import atomic_write
 
 __all__ = ["grid_image", "save_grid"]
 
@@ -35,12 +35,6 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None, s
     if scale > 1:
         image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            image.save(f, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, "wb") as f:
+        image.save(f, format="PNG")
     return path

@@ -15,9 +15,10 @@ from typing import Literal
 import torch
 from torch import nn
 
+from .errors import UsageError
 from .schedule import SkipSchedule
 from .skiptune import skip_tuned
-from .solvers import edm_sigmas, get_solver
+from .solvers import edm_sigmas, get_solver, solve
 
 __all__ = ["sample", "iter_samples", "seed_latents", "to_uint8", "make_sigmas", "Precision"]
 
@@ -75,7 +76,7 @@ def _labels_for(
     else:
         idx = torch.as_tensor(class_labels, dtype=torch.long).reshape(-1)[start:stop]
     if idx.numel() and (idx.min() < 0 or idx.max() >= label_dim):
-        raise ValueError(f"class labels must lie in [0, {label_dim}); got {idx.min().item()}..{idx.max().item()}")
+        raise UsageError(f"class labels must lie in [0, {label_dim}); got {idx.min().item()}..{idx.max().item()}")
     return torch.eye(label_dim, device=drawn.device)[idx.to(drawn.device)]
 
 
@@ -100,20 +101,15 @@ def iter_samples(
     one class per seed. `sigmas` overrides the EDM time steps (its length must match the NFE).
     """
     if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    spec = get_solver(solver)
+        raise UsageError(f"batch_size must be at least 1, got {batch_size}")
+    if precision not in ("fp32", "bf16"):
+        raise UsageError(f"precision must be 'fp32' or 'bf16', not {precision!r}")
     device = torch.device(device)
     if sigmas is None:
         sigmas = make_sigmas(net, solver, nfe, time_exponent=time_exponent, device=device)
-    else:
-        sigmas = torch.as_tensor(sigmas, dtype=torch.float64, device=device)
-        if len(sigmas) - 1 != spec.steps_for_nfe(nfe):
-            raise ValueError(f"{solver} at NFE {nfe} takes {spec.steps_for_nfe(nfe) + 1} sigmas, got {len(sigmas)}")
     label_dim = int(getattr(net, "label_dim", 0))
     shape = [int(net.img_channels), int(net.img_resolution), int(net.img_resolution)]
-    use_autocast = precision == "bf16"
-    if precision not in ("fp32", "bf16"):
-        raise ValueError(f"precision must be 'fp32' or 'bf16', not {precision!r}")
+    autocast = precision == "bf16"
     memory_format = torch.channels_last if channels_last and device.type == "cuda" else torch.contiguous_format
     if memory_format is torch.channels_last:
         net = net.to(memory_format=torch.channels_last)
@@ -126,13 +122,11 @@ def iter_samples(
             labels = _labels_for(class_labels, drawn, start, start + len(batch), label_dim)
 
             def denoise(x: torch.Tensor, sigma: float, labels: torch.Tensor | None = labels) -> torch.Tensor:
-                ctx = torch.autocast(device.type, dtype=torch.bfloat16) if use_autocast else nullcontext()
-                with ctx:
+                with torch.autocast(device.type, dtype=torch.bfloat16) if autocast else nullcontext():
                     out = net(x.to(memory_format=memory_format), sigma, labels)
                 return out.to(torch.float64)
 
-            x = latents.to(torch.float64) * sigmas[0]
-            yield batch, spec.fn(denoise, x, sigmas)
+            yield batch, solve(solver, denoise, latents, nfe, sigmas=sigmas)
 
 
 def sample(

@@ -8,13 +8,10 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+
+from .errors import ScheduleError
 
 __all__ = ["SkipSite", "SkipSchedule", "linear_rho", "ScheduleError"]
-
-
-class ScheduleError(ValueError):
-    """A schedule that cannot be applied as given (wrong length, bad values)."""
 
 
 @dataclass(frozen=True)
@@ -127,21 +124,8 @@ class SkipSchedule:
     def is_identity(self) -> bool:
         return all(r == 1.0 for r in self.rho)
 
-    def active_at(self, sigma: float) -> bool:
-        if self.sigma_range is None:
-            return True
-        lo, hi = self.sigma_range
-        return lo <= sigma <= hi
-
     def check_sites(self, num_sites: int) -> None:
         if self.num_skips != num_sites:
             raise ScheduleError(
                 f"schedule has {self.num_skips} coefficients but the network has {num_sites} skip sites"
             )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"rho": list(self.rho), "sigma_range": list(self.sigma_range) if self.sigma_range else None}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> SkipSchedule:
-        return cls(data["rho"], data.get("sigma_range"))

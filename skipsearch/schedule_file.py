@@ -12,7 +12,6 @@ import math
 import operator
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -24,6 +23,8 @@ from typing import Any
 import jsonschema
 from jsonschema.exceptions import best_match
 
+from .errors import ScheduleFileError
+from .fileio import atomic_write
 from .schedule import SkipSchedule
 
 __all__ = [
@@ -46,10 +47,6 @@ _FORMAT_PREFIX = "skipsearch.schedules/"
 _VERSION_RE = re.compile(r"v(\d+)(?:\.(\d+))?")
 _MAJOR = 1
 _MAX_MESSAGE_VALUE = 120  # long instance reprs in schema messages are cut so errors stay one line
-
-
-class ScheduleFileError(ValueError):
-    """A schedules file that cannot be read, trusted or written; the message says what to do."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -445,41 +442,9 @@ def dump_schedules(
     except (TypeError, ValueError) as exc:
         raise ScheduleFileError(f"refusing to write {doc.source}: {exc}; use plain numbers and strings") from None
 
-    target = Path(path)
-    try:
-        mode = target.stat().st_mode & 0o777
-    except FileNotFoundError:
-        mode = 0o644  # mkstemp's 0600 would hide the file from other users of a shared export
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(target.parent)
+    with atomic_write(path, "w", encoding="utf-8") as fh:
+        fh.write(text)
     return doc
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make the rename itself durable; best effort (not possible on every OS/filesystem)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def entry_from_schedule(

@@ -8,19 +8,43 @@ and reused by every trial of a worker.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from .metrics import MetricError, ReferenceStats, StreamingFID, builtin_reference, load_reference, make_extractor
+from .errors import MetricError, ScheduleFileError
+from .metrics import (
+    ReferenceStats,
+    StreamingFID,
+    compute_reference,
+    feature_dim,
+    make_extractor,
+    resolve_reference,
+    save_reference,
+)
 from .models.builtin import builtin_info
 from .sampling import Precision, iter_samples, to_uint8
 from .schedule import SkipSchedule
+from .schedule_file import ScheduleEntry
+from .skiptune import skip_sites
 
-__all__ = ["ProxyFID", "score", "score_steps", "resolve_metric_defaults"]
+__all__ = [
+    "ProxyFID",
+    "score",
+    "score_steps",
+    "resolve_metric_defaults",
+    "make_scorer",
+    "build_reference",
+    "ScoreRow",
+    "score_schedules",
+]
+
+Progress = Callable[[int, int], None]  # (samples done, samples total)
 
 
 def resolve_metric_defaults(
@@ -36,12 +60,7 @@ def resolve_metric_defaults(
         if info is None:
             raise MetricError("this network has no default reference: pass reference= an .npz of statistics")
         reference = info.reference
-    if isinstance(reference, ReferenceStats):
-        return features, reference
-    text = str(reference)
-    if text.startswith("builtin:"):
-        return features, builtin_reference(text.removeprefix("builtin:"))
-    return features, load_reference(text)
+    return features, resolve_reference(reference)
 
 
 class ProxyFID:
@@ -59,6 +78,12 @@ class ProxyFID:
         self.reference = reference
         self.device = torch.device(device)
         self.extractor = make_extractor(features, device=self.device, weights_path=weights_path)
+        dim = feature_dim(self.extractor)
+        if dim != reference.dim:
+            raise MetricError(
+                f"reference has {reference.dim}-dim statistics but extractor '{features}' gives {dim}; "
+                "give a reference computed with these features (`skipsearch reference`)"
+            )
 
     def iter_fid(
         self,
@@ -74,8 +99,14 @@ class ProxyFID:
         time_exponent: float = 7.0,
         class_labels: Any = None,
         on_images: Callable[[torch.Tensor], None] | None = None,
+        on_samples: Callable[[torch.Tensor], None] | None = None,
+        progress: Progress | None = None,
     ) -> Iterator[tuple[int, float]]:
-        """Yield (n, FID of the first n samples) at each step; the last step is len(seeds)."""
+        """Yield (n, FID of the first n samples) at each step; the last step is len(seeds).
+
+        `on_samples` sees each batch of raw float64 samples (e.g. to refuse non-finite ones),
+        `on_images` its uint8 images, `progress(done, total)` the running sample count.
+        """
         seeds = list(seeds)
         steps = sorted(set(steps or []) | {len(seeds)})
         if steps[0] < 2 or steps[-1] > len(seeds):
@@ -86,10 +117,27 @@ class ProxyFID:
             precision=precision, time_exponent=time_exponent, class_labels=class_labels,
         )
         for _, x in batches:
+            if on_samples is not None:
+                on_samples(x)
             images = to_uint8(x)
             if on_images is not None:
                 on_images(images)
-            yield from stream.add(images)
+            results = stream.add(images)
+            if progress is not None:
+                progress(stream.count, len(seeds))
+            yield from results
+
+
+def make_scorer(
+    net: nn.Module,
+    features: str | None = None,
+    reference: str | Path | ReferenceStats | None = None,
+    *,
+    device: str | torch.device = "cpu",
+    features_weights: str | None = None,
+) -> ProxyFID:
+    features, ref = resolve_metric_defaults(net, features, reference)
+    return ProxyFID(features, ref, device=device, weights_path=features_weights)
 
 
 def score_steps(
@@ -108,8 +156,7 @@ def score_steps(
     features_weights: str | None = None,
 ) -> list[tuple[int, float]]:
     """Proxy FID after the first n samples for each n in `steps` (and for all of `seeds`)."""
-    features, ref = resolve_metric_defaults(net, features, reference)
-    scorer = ProxyFID(features, ref, device=device, weights_path=features_weights)
+    scorer = make_scorer(net, features, reference, device=device, features_weights=features_weights)
     return list(scorer.iter_fid(net, seeds, solver=solver, nfe=nfe, schedule=schedule, steps=steps,
                                 batch_size=batch_size, precision=precision))
 
@@ -132,3 +179,74 @@ def score(
     return score_steps(net, seeds, solver=solver, nfe=nfe, schedule=schedule, features=features, reference=reference,
                        batch_size=batch_size, device=device, precision=precision,
                        features_weights=features_weights)[-1][1]
+
+
+@dataclass(frozen=True)
+class ScoreRow:
+    """One re-scored schedule next to the untuned baseline on the same seeds."""
+
+    solver: str
+    nfe: int
+    baseline: float
+    tuned: float | None
+    searched: float | None  # the score the search gave it, on its own seeds
+
+    @property
+    def change(self) -> float | None:
+        """Relative FID change (negative is better)."""
+        return None if self.tuned is None else (self.tuned - self.baseline) / self.baseline
+
+
+def score_schedules(
+    scorer: ProxyFID,
+    net: nn.Module,
+    entries: Sequence[ScheduleEntry | tuple[str, int]],
+    seeds: Sequence[int],
+    *,
+    batch_size: int = 250,
+    precision: Precision = "fp32",
+    progress: Callable[[str, int, int], None] | None = None,
+) -> Iterator[ScoreRow]:
+    """Re-score schedules and their untuned baselines on `seeds` (common random numbers).
+
+    An entry is an exported schedule, or (solver, nfe) for a baseline alone. Each (solver, nfe)
+    baseline is computed once. `progress(label, done, total)` follows every pass.
+    """
+    sites = len(skip_sites(net))
+    baselines: dict[tuple[str, int], float] = {}
+
+    def run(label: str, solver: str, nfe: int, schedule: SkipSchedule | None) -> float:
+        report = None if progress is None else (lambda done, total: progress(label, done, total))
+        return list(scorer.iter_fid(net, seeds, solver=solver, nfe=nfe, schedule=schedule, batch_size=batch_size,
+                                    precision=precision, progress=report))[-1][1]
+
+    for entry in entries:
+        if isinstance(entry, ScheduleEntry):
+            if entry.num_skips != sites:
+                raise ScheduleFileError(
+                    f"schedule {entry.label} has {entry.num_skips} coefficients, this network has {sites} skip sites"
+                )
+            solver, nfe, schedule, searched = entry.solver, entry.nfe, entry.schedule, entry.score_value
+        else:
+            (solver, nfe), schedule, searched = entry, None, None
+        key = (solver, nfe)
+        if key not in baselines:
+            baselines[key] = run(f"{solver} NFE {nfe} baseline", solver, nfe, None)
+        tuned = None if schedule is None else run(f"{solver} NFE {nfe} schedule", solver, nfe, schedule)
+        yield ScoreRow(solver, nfe, baselines[key], tuned, searched)
+
+
+def build_reference(
+    data: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    *,
+    features: str,
+    device: str | torch.device = "cpu",
+    batch_size: int = 250,
+    features_weights: str | None = None,
+) -> ReferenceStats:
+    """Reference statistics of an image folder, zip or .npz, written atomically to `output`."""
+    stats = compute_reference(data, features=features, device=device, batch_size=batch_size,
+                              weights_path=features_weights)
+    save_reference(stats, output)
+    return stats

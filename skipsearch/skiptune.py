@@ -18,16 +18,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from .schedule import ScheduleError, SkipSchedule, SkipSite
+from .errors import ScheduleError, StructureError
+from .schedule import SkipSchedule, SkipSite
 
 __all__ = ["skip_sites", "skip_tuned", "find_unet", "StructureError"]
 
 _RES_RE = re.compile(r"^(\d+)x(\d+)_")
 _ACTIVE_ATTR = "_skipsearch_skip_tuned"
-
-
-class StructureError(ValueError):
-    """The module does not have the encoder/decoder structure of an EDM UNet."""
 
 
 def find_unet(net: nn.Module) -> nn.Module:

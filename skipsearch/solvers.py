@@ -46,6 +46,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .errors import SolverError
+from .registry import Registry
+
 __all__ = [
     "Denoiser",
     "SolverError",
@@ -65,10 +68,6 @@ __all__ = [
 Denoiser = Callable[[Tensor, float], Tensor]
 SigmaLike = Tensor | Sequence[float]
 SolverFn = Callable[[Denoiser, Tensor, SigmaLike], Tensor]
-
-
-class SolverError(ValueError):
-    """A solver request that cannot be honoured (unknown name, impossible NFE, bad σ sequence)."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -440,24 +439,20 @@ class SolverSpec:
         )
 
 
-SOLVERS: dict[str, SolverSpec] = {
-    spec.name: spec
-    for spec in (
-        SolverSpec("euler", euler, order=1),
-        SolverSpec("heun", heun, order=2, nfe_per_step=2, nfe_saved_at_end=1),
-        SolverSpec("dpmpp_2m", dpmpp_2m, order=2),
-        SolverSpec("dpmpp_3m", dpmpp_3m, order=3),
-        SolverSpec("ipndm", ipndm, order=4),
-        SolverSpec("unipc", unipc, order=3),
-    )
-}
+SOLVERS: Registry[SolverSpec] = Registry("solver", SolverError)
+for _spec in (
+    SolverSpec("euler", euler, order=1),
+    SolverSpec("heun", heun, order=2, nfe_per_step=2, nfe_saved_at_end=1),
+    SolverSpec("dpmpp_2m", dpmpp_2m, order=2),
+    SolverSpec("dpmpp_3m", dpmpp_3m, order=3),
+    SolverSpec("ipndm", ipndm, order=4),
+    SolverSpec("unipc", unipc, order=3),
+):
+    SOLVERS.register(_spec.name, _spec)
 
 
 def get_solver(name: str) -> SolverSpec:
-    try:
-        return SOLVERS[name]
-    except (KeyError, TypeError):
-        raise SolverError(f"unknown solver {name!r}; valid solvers: {', '.join(SOLVERS)}") from None
+    return SOLVERS.lookup(name)
 
 
 def solve(

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from skipsearch.models.edm import EDMPrecond
-from skipsearch.search.storage import normalize_url
+from skipsearch.search import resolve_url
 
 TINY_NET = dict(img_resolution=8, img_channels=1, model_type="SongUNet", model_channels=8, channel_mult=[1, 2],
                 num_blocks=1, attn_resolutions=[], dropout=0.0)
@@ -37,7 +37,7 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _pg_base() -> str:
-    return normalize_url(os.environ.get("SKIPSEARCH_TEST_POSTGRES", PG_DEFAULT))
+    return resolve_url(os.environ.get("SKIPSEARCH_TEST_POSTGRES", PG_DEFAULT)).render_as_string(hide_password=False)
 
 
 @pytest.fixture

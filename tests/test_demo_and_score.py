@@ -14,7 +14,8 @@ import skipsearch as ss
 from skipsearch.cli import app
 from skipsearch.metrics import StreamingFID, builtin_reference, load_reference, make_extractor
 from skipsearch.models.builtin import builtin_info
-from skipsearch.models.digits import DIGITS_NETWORK, TrainConfig, digits_images, train
+from skipsearch.demo.data import digits_images
+from skipsearch.demo.model import DIGITS_NETWORK, TrainConfig, train
 
 runner = CliRunner()
 

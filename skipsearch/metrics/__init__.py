@@ -1,49 +1,40 @@
 """Proxy FID (DESIGN.md §3): feature extractors, streaming Fréchet distance, reference statistics.
 
-Importing this package registers the demo extractor `skipsearch-digits` with torch-fidelity, so
+Knows no models, sampling, scoring or search: images in, numbers out. Importing this package
+registers the demo extractor `skipsearch-digits` with torch-fidelity, so
 `torch_fidelity.calculate_metrics(..., feature_extractor="skipsearch-digits")` works too.
 """
 
-from .digits_classifier import (
-    EXTRACTOR_NAME as DIGITS_EXTRACTOR,
-    FEATURE_DIM as DIGITS_FEATURE_DIM,
-    DigitsClassifier,
-    FeatureExtractorDigits,
-    load_classifier,
-    register,
-    weights_sha256,
-)
-from .errors import MetricError
-from .features import EXTRACTORS, extract, extractor_feature_dim, feature_dim, inception_weights_path, make_extractor
+from ..errors import MetricError
+from .digits import EXTRACTOR_NAME as DIGITS_EXTRACTOR
+from .digits import FeatureExtractorDigits, load_classifier, weights_sha256
+from .features import FEATURE_EXTRACTORS, INCEPTION, extract, feature_dim, inception_weights_path, make_extractor
 from .fid import FeatureMoments, StreamingFID, as_statistics, fid_from_statistics
 from .reference import (
     BUILTIN_REFERENCES,
     ReferenceStats,
     builtin_reference,
-    compute_builtin_reference,
+    builtin_reference_path,
     compute_reference,
     iter_image_batches,
     load_reference,
-    real_data_floor,
+    resolve_reference,
     save_reference,
     statistics_sha256,
 )
 
-register()
+FEATURE_EXTRACTORS.register(DIGITS_EXTRACTOR, FeatureExtractorDigits)
 
 __all__ = [
     "MetricError",
     "DIGITS_EXTRACTOR",
-    "DIGITS_FEATURE_DIM",
-    "DigitsClassifier",
     "FeatureExtractorDigits",
     "load_classifier",
-    "register",
     "weights_sha256",
-    "EXTRACTORS",
+    "FEATURE_EXTRACTORS",
+    "INCEPTION",
     "make_extractor",
     "feature_dim",
-    "extractor_feature_dim",
     "extract",
     "inception_weights_path",
     "FeatureMoments",
@@ -54,10 +45,10 @@ __all__ = [
     "statistics_sha256",
     "load_reference",
     "save_reference",
+    "resolve_reference",
     "compute_reference",
     "iter_image_batches",
     "builtin_reference",
-    "compute_builtin_reference",
-    "real_data_floor",
+    "builtin_reference_path",
     "BUILTIN_REFERENCES",
 ]

@@ -1,8 +1,13 @@
-"""Feature extractors for proxy FID: torch-fidelity's Inception (matching EDM's fid-refs) or our digits CNN.
+"""Feature extractors for proxy FID, by name: any extractor registered with torch-fidelity.
 
-Inception weights are never fetched silently mid-search: `make_extractor` uses an explicit file,
-else torch's hub cache, else (if allowed) one bounded download into that cache. Failing all three
-is one clear line telling the user what to do, not a hang or a traceback from deep in torch.hub.
+`FEATURE_EXTRACTORS` is torch-fidelity's own registry seen through skipsearch's `Registry`, so
+`inception-v3-compat` (EDM's fid-refs), `dinov2-vit-l-14`, `clip-vit-b-32` and our demo's
+`skipsearch-digits` (registered on import of `skipsearch.metrics`) are all chosen the same way,
+and an extractor a user registers with torch-fidelity works without code changes here.
+
+Weights are never fetched silently mid-search: extractors with a known download (Inception) use an
+explicit file, else torch's hub cache, else (if allowed) one bounded, hash-checked download into
+that cache. Failing all three is one clear line telling the user what to do.
 """
 
 from __future__ import annotations
@@ -13,51 +18,37 @@ import re
 import tempfile
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
+from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
-from .digits_classifier import EXTRACTOR_NAME as DIGITS
-from .digits_classifier import FEATURE_DIM as DIGITS_DIM
-from .digits_classifier import NUM_CLASSES, FeatureExtractorDigits, register
-from .errors import MetricError
+from ..errors import MetricError
+from ..registry import Registry
 
 __all__ = [
-    "EXTRACTORS",
+    "FEATURE_EXTRACTORS",
     "INCEPTION",
-    "DIGITS",
+    "WEIGHT_RESOLVERS",
     "make_extractor",
     "feature_dim",
-    "extractor_feature_dim",
     "extract",
     "inception_weights_path",
 ]
 
 INCEPTION = "inception-v3-compat"
-EXTRACTORS: dict[str, int] = {DIGITS: DIGITS_DIM, INCEPTION: 2048}
-_FID_LAYER = {DIGITS: "features", INCEPTION: "2048"}
+FEATURE_EXTRACTORS: Registry[type[FeatureExtractorBase]] = Registry(
+    "feature extractor", MetricError, store=FEATURE_EXTRACTORS_REGISTRY
+)
 _WEIGHTS_HINT = "pass --features-weights FILE or place it in $TORCH_HOME/hub/checkpoints/"
+_DIM_ATTR = "_skipsearch_feature_dim"
 
-
-def feature_dim(name: str) -> int:
-    """Feature dimension of a named extractor (without building it)."""
-    try:
-        return EXTRACTORS[name]
-    except KeyError:
-        raise MetricError(f"unknown feature extractor {name!r}; choose one of {', '.join(EXTRACTORS)}") from None
-
-
-def extractor_feature_dim(extractor: FeatureExtractorBase) -> int | None:
-    """Feature dimension of a built extractor, or None when it cannot be known before running it."""
-    layer = list(extractor.get_requested_features_list())[_fid_index(extractor)]
-    if isinstance(extractor, FeatureExtractorDigits):
-        return extractor.feature_dim if layer == "features" else NUM_CLASSES
-    name = extractor.get_name()
-    if name in EXTRACTORS and layer == _FID_LAYER[name]:
-        return EXTRACTORS[name]
-    return None
+# name -> (explicit path or None, may download, timeout) -> local weights file
+WeightResolver = Callable[[str | os.PathLike[str] | None, bool, float], Path]
+WEIGHT_RESOLVERS: Registry[WeightResolver] = Registry("weights resolver", MetricError)
 
 
 def inception_weights_path() -> Path:
@@ -87,24 +78,26 @@ def _download_inception(target: Path, timeout: float) -> None:
         Path(tmp).unlink(missing_ok=True)
 
 
-def _resolve_inception_weights(weights_path: str | os.PathLike[str] | None, download: bool, timeout: float) -> Path:
-    if weights_path is not None:
+@WEIGHT_RESOLVERS.register(INCEPTION)
+def _inception_weights(weights_path: str | os.PathLike[str] | None, download: bool, timeout: float) -> Path:
+    if weights_path is None:
+        path = inception_weights_path()
+        if not path.is_file():
+            if not download:
+                raise MetricError(f"Inception weights {path.name} are not in {path.parent}; {_WEIGHTS_HINT}")
+            try:
+                _download_inception(path, timeout)
+            except (OSError, urllib.error.URLError, TimeoutError) as exc:
+                reason = getattr(exc, "reason", exc)
+                raise MetricError(f"cannot download Inception weights ({reason}); {_WEIGHTS_HINT}") from None
+    else:
         path = Path(weights_path).expanduser()
         if not path.is_file():
             raise MetricError(f"Inception weights file not found: {path}")
-        return path
-    path = inception_weights_path()
-    if path.is_file():
-        return path
-    if not download:
-        raise MetricError(f"Inception weights {path.name} are not in {path.parent}; {_WEIGHTS_HINT}")
-    try:
-        _download_inception(path, timeout)
-    except MetricError:
-        raise
-    except (OSError, urllib.error.URLError, TimeoutError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise MetricError(f"cannot download Inception weights ({reason}); {_WEIGHTS_HINT}") from None
+    try:  # torch-fidelity unpickles with weights_only=False; refuse anything but plain tensors first
+        torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        raise MetricError(f"{path} is not a plain state dict of Inception weights; {_WEIGHTS_HINT}") from None
     return path
 
 
@@ -116,31 +109,20 @@ def make_extractor(
     download: bool = True,
     download_timeout: float = 30.0,
 ) -> FeatureExtractorBase:
-    """Build a feature extractor in eval mode on `device`, producing only its FID layer.
-
-    `skipsearch-digits` uses the shipped classifier (or `weights_path`); `inception-v3-compat` is
-    torch-fidelity's TF-compatible Inception (2048-dim pool features, as in EDM's fid-refs).
-    """
-    feature_dim(name)  # validates the name
-    if name == DIGITS:
-        register()
-        extractor: FeatureExtractorBase = FeatureExtractorDigits(
-            name, [_FID_LAYER[name]], feature_extractor_weights_path=None if weights_path is None else str(weights_path)
-        )
-    else:
-        from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
-
-        path = _resolve_inception_weights(weights_path, download, download_timeout)
-        try:
-            # torch-fidelity unpickles with weights_only=False; refuse anything but plain tensors first.
-            torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:
-            raise MetricError(f"{path} is not a plain state dict of Inception weights; {_WEIGHTS_HINT}") from None
-        try:
-            extractor = FeatureExtractorInceptionV3(name, [_FID_LAYER[name]], feature_extractor_weights_path=str(path))
-        except Exception as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise MetricError(f"cannot load Inception weights from {path}: {first}") from None
+    """Build a registered feature extractor in eval mode on `device`, producing only its FID layer."""
+    cls = FEATURE_EXTRACTORS.lookup(name)
+    layer = cls.get_default_feature_layer_for_metric("fid")
+    if name in WEIGHT_RESOLVERS:
+        weights_path = WEIGHT_RESOLVERS[name](weights_path, download, download_timeout)
+    elif weights_path is not None and not Path(weights_path).expanduser().is_file():
+        raise MetricError(f"weights file for {name} not found: {weights_path}")
+    try:
+        extractor = cls(name, [layer], feature_extractor_weights_path=None if weights_path is None else str(weights_path))
+    except MetricError:
+        raise
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise MetricError(f"cannot build feature extractor {name}: {first}") from None
     return extractor.to(device).eval().requires_grad_(False)
 
 
@@ -154,6 +136,16 @@ def _fid_index(extractor: FeatureExtractorBase) -> int:
     return requested.index(layer)
 
 
+def feature_dim(extractor: FeatureExtractorBase) -> int:
+    """Dimension of the extractor's FID features, measured once on its own dummy input and cached."""
+    dim = getattr(extractor, _DIM_ATTR, None)
+    if dim is None:
+        dummy = extractor.get_dummy_input_for_compile()
+        dim = int(extract(extractor, dummy.to(torch.uint8)).shape[1])
+        extractor.__dict__[_DIM_ATTR] = dim
+    return dim
+
+
 def extract(
     extractor: FeatureExtractorBase,
     images_uint8: torch.Tensor | np.ndarray,
@@ -162,13 +154,13 @@ def extract(
 ) -> torch.Tensor:
     """FID-layer features of uint8 images [N,C,H,W] as float64 [N,D] on the CPU.
 
-    One-channel images are repeated to three for every extractor but ours (torch-fidelity's
-    extractors expect RGB); images stay uint8, which is what torch-fidelity's extractors take.
+    One-channel images are repeated to three unless the extractor declares `accepts_grayscale`
+    (torch-fidelity's own extractors expect RGB); images stay uint8, which is what they take.
     """
     images = torch.as_tensor(images_uint8)
     if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] not in (1, 3):
         raise MetricError(f"expected uint8 images shaped [N, 1 or 3, H, W], got {images.dtype} {list(images.shape)}")
-    if images.shape[1] == 1 and not isinstance(extractor, FeatureExtractorDigits):
+    if images.shape[1] == 1 and not getattr(extractor, "accepts_grayscale", False):
         images = images.expand(-1, 3, -1, -1)
     param = next(extractor.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
@@ -180,5 +172,5 @@ def extract(
             batch = images[start : start + step].to(device).contiguous()
             out.append(extractor(batch)[index].to(torch.float64).cpu())
     if not out:
-        return torch.zeros([0, extractor_feature_dim(extractor) or 0], dtype=torch.float64)
+        return torch.zeros([0, feature_dim(extractor)], dtype=torch.float64)
     return torch.cat(out).reshape(len(images), -1)

@@ -14,8 +14,8 @@ import torch
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_statistics_to_metric
 
-from .errors import MetricError
-from .features import extract, extractor_feature_dim
+from ..errors import MetricError
+from .features import extract, feature_dim
 
 __all__ = ["FeatureMoments", "StreamingFID", "fid_from_statistics", "as_statistics"]
 
@@ -149,9 +149,7 @@ class StreamingFID:
         self.batch_size = batch_size
         self.moments = FeatureMoments()
         self._results: list[tuple[int, float]] = []
-        dim = extractor_feature_dim(extractor)
-        if dim is not None:
-            self._check_dim(dim)
+        self._check_dim(feature_dim(extractor))
 
     def _check_dim(self, dim: int) -> None:
         ref_dim = self.reference["mu"].shape[0]

@@ -4,35 +4,34 @@ A reference is fingerprinted by the sha256 of its statistics (float64, little-en
 in C order), so a study can record exactly which reference its scores were measured against —
 the same numbers give the same fingerprint whatever dtype the file stored them in.
 
-The demo's reference (`edm-digits`) is the statistics of all 1,797 digits under the shipped
-classifier. It ships precomputed (`python -m skipsearch.metrics reference --builtin`); the file
-records the classifier's sha256, and a reference that does not match the classifier in use is
-recomputed (about a second) and cached under $XDG_CACHE_HOME/skipsearch rather than trusted.
+Built-in references ship as package data (`builtin:NAME`). The demo's (`edm-digits`) is the
+statistics of all 1,797 digits under the shipped classifier and records that classifier's sha256:
+a reference that does not match the classifier in use is refused, never silently trusted
+(`skipsearch demo reference` rebuilds it).
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import io
 import os
-import sys
-import tempfile
-import warnings
 import zipfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from .digits_classifier import EXTRACTOR_NAME as DIGITS
-from .digits_classifier import default_weights_path, digits_dataset, weights_sha256
-from .errors import MetricError
+from ..errors import MetricError
+from ..fileio import atomic_write
+from ..registry import Registry
+from .digits import EXTRACTOR_NAME as DIGITS
+from .digits import weights_sha256
 from .features import extract, make_extractor
-from .fid import FeatureMoments, fid_from_statistics
+from .fid import FeatureMoments
 
 __all__ = [
     "ReferenceStats",
@@ -41,16 +40,19 @@ __all__ = [
     "save_reference",
     "compute_reference",
     "builtin_reference",
-    "compute_builtin_reference",
-    "real_data_floor",
+    "builtin_reference_path",
     "iter_image_batches",
     "IMAGE_SUFFIXES",
     "BUILTIN_REFERENCES",
+    "BUILTIN_PREFIX",
+    "resolve_reference",
 ]
 
+BUILTIN_PREFIX = "builtin:"
+BUILTIN_REFERENCES: Registry[str] = Registry("built-in reference", MetricError)  # name -> package data file
+BUILTIN_REFERENCES.register("edm-digits", "edm-digits-ref.npz")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 NPZ_IMAGE_KEYS = ("arr_0", "images", "x")
-BUILTIN_REFERENCES = {"edm-digits": "edm-digits-ref.npz"}
 
 
 def statistics_sha256(mu: np.ndarray, sigma: np.ndarray) -> str:
@@ -89,9 +91,6 @@ class ReferenceStats:
     @property
     def dim(self) -> int:
         return int(self.mu.shape[0])
-
-    def as_dict(self) -> dict[str, np.ndarray]:
-        return {"mu": self.mu, "sigma": self.sigma}
 
 
 def _check_shapes(mu: np.ndarray, sigma: np.ndarray, where: str) -> None:
@@ -155,15 +154,8 @@ def save_reference(stats: ReferenceStats, path: str | os.PathLike[str]) -> Path:
     for key, value in stats.meta.items():
         arrays[f"meta_{key}"] = np.array(str(value))
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, "wb") as f:
+        np.savez(f, **arrays)
     return path
 
 
@@ -291,90 +283,31 @@ def compute_reference(
 
 
 # ----------------------------------------------------------------------------------------------
-# The built-in demo reference
+# Built-in references
 
 
-def _shipped_path(name: str) -> Path:
-    return default_weights_path().parent / BUILTIN_REFERENCES[name]
-
-
-def _cache_dir() -> Path:
-    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(root) / "skipsearch"
-
-
-def compute_builtin_reference(
-    name: str = "edm-digits", weights_path: str | os.PathLike[str] | None = None
-) -> ReferenceStats:
-    """Recompute the demo reference: all 1,797 digits (via EDM's to_uint8) under the digits classifier."""
-    if name not in BUILTIN_REFERENCES:
-        raise MetricError(f"unknown built-in reference {name!r}; choose one of {', '.join(BUILTIN_REFERENCES)}")
-    images, _ = digits_dataset()
-    meta = {"classifier_sha256": weights_sha256(weights_path), "source": "sklearn-digits-1797-16x16-to_uint8"}
-    return compute_reference(images, features=DIGITS, weights_path=weights_path, meta=meta)
+def builtin_reference_path(name: str = "edm-digits") -> Path:
+    return Path(str(resources.files("skipsearch") / "data" / BUILTIN_REFERENCES.lookup(name)))
 
 
 def builtin_reference(name: str = "edm-digits") -> ReferenceStats:
-    """The demo reference matching the shipped classifier: shipped file, else cache, else recomputed."""
-    if name not in BUILTIN_REFERENCES:
-        raise MetricError(f"unknown built-in reference {name!r}; choose one of {', '.join(BUILTIN_REFERENCES)}")
-    classifier = weights_sha256()
-    cached = _cache_dir() / f"{Path(BUILTIN_REFERENCES[name]).stem}-{classifier[:16]}.npz"
-    for candidate in (_shipped_path(name), cached):
-        if not candidate.is_file():
-            continue
-        try:
-            ref = load_reference(candidate)
-        except MetricError:
-            continue
-        if ref.meta.get("classifier_sha256") == classifier and ref.features == DIGITS:
-            return ref
-    ref = compute_builtin_reference(name)
-    try:
-        save_reference(ref, cached)
-    except OSError as exc:
-        warnings.warn(f"could not cache the {name} reference at {cached}: {exc}", stacklevel=2)
+    """A shipped reference, checked against the digits classifier in use when it was made with one."""
+    path = builtin_reference_path(name)
+    ref = load_reference(path)
+    made_with = ref.meta.get("classifier_sha256")
+    if ref.features == DIGITS and made_with is not None and made_with != weights_sha256():
+        raise MetricError(
+            f"the built-in reference {name} was computed with another digits classifier than the one installed; "
+            "rebuild it with `skipsearch demo reference`"
+        )
     return ref
 
 
-def real_data_floor(
-    *, seed: int = 0, features: str = DIGITS, weights_path: str | os.PathLike[str] | None = None
-) -> float:
-    """FID between two disjoint random halves (898/899) of the 1,797 digits.
-
-    The noise floor of proxy FID on the demo: a perfect generator scored with ~900 samples
-    against half the data cannot go below about this value.
-    """
-    images, _ = digits_dataset()
-    perm = np.random.RandomState(seed).permutation(len(images))
-    half = len(images) // 2
-    extractor = make_extractor(features, weights_path=weights_path)
-    stats = []
-    for idx in (perm[:half], perm[half:]):
-        moments = FeatureMoments()
-        moments.update(extract(extractor, images[np.sort(idx)]))
-        stats.append(moments.statistics())
-    return fid_from_statistics(stats[0], stats[1])
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Build or inspect proxy-FID reference statistics.")
-    parser.add_argument("--builtin", action="store_true", help="(re)write the shipped edm-digits reference")
-    parser.add_argument("--out", default=None, help="output path for --builtin (default: the package data)")
-    parser.add_argument("--floor", action="store_true", help="print the two-halves real-data FID floor")
-    args = parser.parse_args(argv)
-    if not (args.builtin or args.floor):
-        parser.error("nothing to do: give --builtin and/or --floor")
-    if args.builtin:
-        ref = compute_builtin_reference()
-        path = save_reference(ref, args.out or _shipped_path("edm-digits"))
-        print(f"wrote {path}: {ref.dim}-dim, {ref.count} images, sha256 {ref.sha256}")
-    if args.floor:
-        print(f"real-data floor (two halves of 1,797 digits): FID {real_data_floor():.4f}")
-
-
-if __name__ == "__main__":
-    try:
-        main()
-    except MetricError as exc:
-        sys.exit(f"error: {exc}")
+def resolve_reference(reference: str | os.PathLike[str] | ReferenceStats) -> ReferenceStats:
+    """A ReferenceStats, `builtin:NAME`, or a path to an .npz."""
+    if isinstance(reference, ReferenceStats):
+        return reference
+    text = str(reference)
+    if text.startswith(BUILTIN_PREFIX):
+        return builtin_reference(text[len(BUILTIN_PREFIX):])
+    return load_reference(text)

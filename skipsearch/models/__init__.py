@@ -1,5 +1,18 @@
 """Networks skipsearch can tune: EDM reimplementations, their safe loader and the built-in demo."""
 
+from .builtin import BUILTINS, builtin_info
 from .edm import DhariwalUNet, EDMPrecond, SongUNet
+from .loading import checkpoint_sha256, load_network, model_choices, model_name, resolve_model_source
 
-__all__ = ["EDMPrecond", "SongUNet", "DhariwalUNet"]
+__all__ = [
+    "EDMPrecond",
+    "SongUNet",
+    "DhariwalUNet",
+    "BUILTINS",
+    "builtin_info",
+    "load_network",
+    "resolve_model_source",
+    "model_name",
+    "model_choices",
+    "checkpoint_sha256",
+]

@@ -1,7 +1,7 @@
-"""Models that ship with skipsearch, registered under `builtin:NAME` for `load_network`.
+"""Models that ship with skipsearch, loaded by `load_network("builtin:NAME")`.
 
-`edm-digits` is an EDM DDPM++ network trained by `skipsearch.models.digits` on scikit-learn's
-digits; its weights and constructor arguments are package data, and it brings its own proxy-FID
+`edm-digits` is an EDM DDPM++ network trained by `skipsearch demo train-model` on scikit-learn's
+digits; its weights and constructor arguments are package data, and it names its own proxy-FID
 features (`skipsearch-digits`) and reference statistics, so the whole search runs offline.
 """
 
@@ -14,57 +14,55 @@ from pathlib import Path
 
 from torch import nn
 
+from ..errors import CheckpointError
+from ..registry import Registry
 from .edm import EDMPrecond
-from .edm_pickle import CheckpointError, load_state_dict_checked
-from .loading import register_builtin
+from .edm_pickle import load_state_dict_checked
 
-__all__ = ["BuiltinInfo", "BUILTINS", "builtin_info", "builtin_weights_path"]
+__all__ = ["BuiltinModel", "BUILTINS", "builtin_info", "BUILTIN_PREFIX"]
 
-BUILTIN_ATTR = "skipsearch_builtin"
+BUILTIN_PREFIX = "builtin:"
+_NAME_ATTR = "skipsearch_builtin"
 
 
 @dataclass(frozen=True)
-class BuiltinInfo:
+class BuiltinModel:
     name: str
-    features: str
-    reference: str
+    features: str  # feature extractor its proxy FID uses
+    reference: str  # reference statistics ("builtin:NAME" or a path)
     solver: str  # where the demo shows the method
     description: str
 
+    @property
+    def weights_path(self) -> Path:
+        return Path(str(resources.files("skipsearch") / "data" / f"{self.name}.safetensors"))
 
-BUILTINS: dict[str, BuiltinInfo] = {
-    "edm-digits": BuiltinInfo(
+    def load(self) -> EDMPrecond:
+        from safetensors.torch import load_file
+
+        weights, meta = self.weights_path, self.weights_path.with_suffix(".json")
+        if not weights.is_file() or not meta.is_file():
+            raise CheckpointError(f"built-in model {self.name!r} is missing its weights ({weights.name}); reinstall skipsearch")
+        net = EDMPrecond(**json.loads(meta.read_text())["constructor_kwargs"])
+        load_state_dict_checked(net, load_file(str(weights)))
+        net.__dict__[_NAME_ATTR] = self.name
+        return net
+
+
+BUILTINS: Registry[BuiltinModel] = Registry("built-in model", CheckpointError)
+BUILTINS.register(
+    "edm-digits",
+    BuiltinModel(
         name="edm-digits",
         features="skipsearch-digits",
         reference="builtin:edm-digits",
         solver="euler",
         description="EDM DDPM++ (16/32/32 channels) on scikit-learn digits, 16x16, 1 channel",
-    )
-}
+    ),
+)
 
 
-def builtin_weights_path(name: str) -> Path:
-    return Path(str(resources.files("skipsearch") / "data" / f"{name}.safetensors"))
-
-
-def builtin_info(net: nn.Module) -> BuiltinInfo | None:
-    name = getattr(net, BUILTIN_ATTR, None)
+def builtin_info(net: nn.Module) -> BuiltinModel | None:
+    """The built-in model `net` was loaded as, if any (it brings its own features and reference)."""
+    name = getattr(net, _NAME_ATTR, None)
     return BUILTINS.get(name) if name else None
-
-
-def _load(name: str) -> EDMPrecond:
-    from safetensors.torch import load_file
-
-    weights = builtin_weights_path(name)
-    meta_path = weights.with_suffix(".json")
-    if not weights.is_file() or not meta_path.is_file():
-        raise CheckpointError(f"built-in model {name!r} is missing its weights ({weights.name}); reinstall skipsearch")
-    kwargs = json.loads(meta_path.read_text())["constructor_kwargs"]
-    net = EDMPrecond(**kwargs)
-    load_state_dict_checked(net, load_file(str(weights)))
-    net.__dict__[BUILTIN_ATTR] = name
-    return net
-
-
-for _name in BUILTINS:
-    register_builtin(_name, lambda _n=_name: _load(_n))

@@ -21,13 +21,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import CheckpointError
 from .edm import EDMPrecond
 
 __all__ = ["CheckpointError", "PersistentRecord", "read_edm_pickle", "network_from_record", "ALLOWED_GLOBALS"]
-
-
-class CheckpointError(ValueError):
-    """A file that cannot be read as a checkpoint skipsearch supports."""
 
 
 @dataclass

@@ -13,36 +13,29 @@ try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..errors import CheckpointError
+from ..fileio import file_sha256
+from .builtin import BUILTIN_PREFIX, BUILTINS
 from .edm import EDMPrecond
-from .edm_pickle import CheckpointError, load_edm_pickle, load_state_dict_checked
+from .edm_pickle import load_edm_pickle, load_state_dict_checked
 
-__all__ = ["load_network", "register_builtin", "BUILTIN_PREFIX", "builtin_names", "CheckpointError"]
+__all__ = [
+    "load_network",
+    "resolve_model_source",
+    "model_name",
+    "checkpoint_sha256",
+    "model_choices",
+    "FAMILY_DEFAULTS",
+    "CheckpointError",
+]
 
-BUILTIN_PREFIX = "builtin:"
-_BUILTINS: dict[str, Callable[[], EDMPrecond]] = {}
-
-
-def register_builtin(name: str, factory: Callable[[], EDMPrecond]) -> None:
-    _BUILTINS[name] = factory
-
-
-def builtin_names() -> list[str]:
-    from . import builtin  # noqa: F401  (registers the shipped models)
-
-    return sorted(_BUILTINS)
-
-
-def _load_builtin(name: str) -> EDMPrecond:
-    names = builtin_names()
-    if name not in _BUILTINS:
-        raise CheckpointError(f"unknown built-in model {name!r}; available: {', '.join(names) or 'none'}")
-    return _BUILTINS[name]()
+# Model families and the built-in network each uses when no --checkpoint is given.
+FAMILY_DEFAULTS: dict[str, str] = {"edm": "edm-digits"}
 
 
 def _read_config(path: Path) -> dict[str, Any]:
@@ -130,7 +123,7 @@ def load_network(
     """Load an EDM denoiser in eval mode on `device`, never executing code from the file."""
     text = str(path)
     if text.startswith(BUILTIN_PREFIX):
-        net = _load_builtin(text[len(BUILTIN_PREFIX):])
+        net = BUILTINS.lookup(text[len(BUILTIN_PREFIX):]).load()
     else:
         p = Path(path)
         if not p.exists():
@@ -146,20 +139,22 @@ def load_network(
     return net.eval().requires_grad_(False).to(device)
 
 
-DEFAULT_BUILTIN = {"edm": "edm-digits"}
+def model_choices() -> list[str]:
+    return [*FAMILY_DEFAULTS, *(BUILTIN_PREFIX + name for name in BUILTINS)]
 
 
 def resolve_model_source(model: str, checkpoint: str | Path | None = None) -> str:
     """Where to load from: the checkpoint if given, else the family's built-in model."""
+    if model.startswith(BUILTIN_PREFIX):
+        if checkpoint is not None:
+            raise CheckpointError(f"--model {model} is a built-in network; drop --checkpoint or use --model edm")
+        BUILTINS.lookup(model[len(BUILTIN_PREFIX):])
+        return model
+    if model not in FAMILY_DEFAULTS:
+        raise CheckpointError(f"unknown model {model!r}; choose one of {', '.join(model_choices())}")
     if checkpoint is not None:
         return str(checkpoint)
-    if model.startswith(BUILTIN_PREFIX):
-        return model
-    if model in DEFAULT_BUILTIN:
-        return BUILTIN_PREFIX + DEFAULT_BUILTIN[model]
-    raise CheckpointError(
-        f"unknown model {model!r}: use --model edm (with --checkpoint FILE for your own network) or builtin:NAME"
-    )
+    return BUILTIN_PREFIX + FAMILY_DEFAULTS[model]
 
 
 def model_name(source: str) -> str:
@@ -167,3 +162,13 @@ def model_name(source: str) -> str:
     if source.startswith(BUILTIN_PREFIX):
         return source[len(BUILTIN_PREFIX):]
     return Path(source).stem
+
+
+def checkpoint_sha256(source: str) -> str:
+    """Content hash of a checkpoint (for a built-in: of its shipped weights)."""
+    if source.startswith(BUILTIN_PREFIX):
+        return file_sha256(BUILTINS.lookup(source[len(BUILTIN_PREFIX):]).weights_path)
+    try:
+        return file_sha256(source)
+    except OSError as e:
+        raise CheckpointError(f"{source}: cannot read checkpoint: {e.strerror or e}") from None

@@ -1,16 +1,13 @@
-"""The built-in demo's data and training recipe: an EDM network on scikit-learn's 8×8 digits.
+"""Training recipe of the built-in demo model: an EDM network on scikit-learn's digits.
 
-The 1,797 digits ship inside scikit-learn, so the demo needs no download. Images are upsampled to
-16×16 (bilinear), scaled to [-1, 1], one channel. Training follows EDM: ln σ ~ N(P_mean, P_std²),
-loss weight (σ²+σ_d²)/(σ·σ_d)², Adam with warm-up, and an EMA of the weights that is what ships.
-Deterministic for a given seed and thread count.
+Training follows EDM: ln σ ~ N(P_mean, P_std²), loss weight (σ²+σ_d²)/(σ·σ_d)², Adam with warm-up,
+and an EMA of the weights that is what ships. Deterministic for a given seed and thread count.
 
-Run: `python -m skipsearch.models.digits --steps 7000 --out skipsearch/data`.
+Run: `skipsearch demo train-model --steps 7000` (about 28 minutes on two idle cores).
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import math
@@ -20,11 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.nn import functional as F
 
-from .edm import EDMPrecond
+from ..fileio import write_bytes_atomic, write_text_atomic
+from ..models.edm import EDMPrecond
+from .data import digits_images
 
-__all__ = ["DIGITS_NETWORK", "TrainConfig", "digits_images", "train", "edm_loss"]
+__all__ = ["DIGITS_NETWORK", "TrainConfig", "train", "edm_loss", "save"]
 
 # EDMPrecond arguments of the built-in model (DDPM++ configuration, 3 resolution levels).
 DIGITS_NETWORK: dict[str, Any] = dict(
@@ -43,16 +41,6 @@ DIGITS_NETWORK: dict[str, Any] = dict(
     attn_resolutions=[4],
     dropout=0.10,
 )
-
-
-def digits_images(resolution: int = 16) -> torch.Tensor:
-    """All 1,797 scikit-learn digits as float32 [N,1,R,R] in [-1, 1]."""
-    from sklearn.datasets import load_digits
-
-    raw = torch.as_tensor(load_digits().images, dtype=torch.float32)[:, None] / 16.0
-    if resolution != raw.shape[-1]:
-        raw = F.interpolate(raw, size=(resolution, resolution), mode="bilinear", align_corners=False)
-    return (raw.clamp(0, 1) * 2 - 1).contiguous()
 
 
 @dataclass
@@ -118,28 +106,10 @@ def _cosine_tail(step: int, total: int, tail: float = 0.3) -> float:
 
 
 def save(net: EDMPrecond, cfg: TrainConfig, history: list[dict[str, float]], out: Path, name: str) -> Path:
-    from safetensors.torch import save_file
+    from safetensors.torch import save as to_bytes
 
     out.mkdir(parents=True, exist_ok=True)
-    weights = out / f"{name}.safetensors"
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(weights))
+    weights = write_bytes_atomic(out / f"{name}.safetensors", to_bytes({k: v.contiguous() for k, v in net.state_dict().items()}))
     meta = dict(constructor_kwargs=dict(cfg.network, sigma_data=cfg.sigma_data), training=asdict(cfg), history=history)
-    (out / f"{name}.json").write_text(json.dumps(meta, indent=2) + "\n")
+    write_text_atomic(out / f"{name}.json", json.dumps(meta, indent=2) + "\n")
     return weights
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Train the built-in EDM digits model.")
-    parser.add_argument("--steps", type=int, default=TrainConfig.steps)
-    parser.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
-    parser.add_argument("--seed", type=int, default=TrainConfig.seed)
-    parser.add_argument("--out", type=Path, default=Path("skipsearch/data"))
-    parser.add_argument("--name", default="edm-digits")
-    args = parser.parse_args(argv)
-    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, seed=args.seed)
-    net, history = train(cfg)
-    print(f"wrote {save(net, cfg, history, args.out, args.name)}")
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,69 @@
+"""The Typer app and its one error boundary.
+
+Every `SkipsearchError` (and a file-system error) raised under any command ends here as one red
+line and exit code 2 — never a traceback — with any storage password redacted.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import typer
+from typer.core import TyperGroup
+
+from ..errors import SkipsearchError
+from ._output import err_console
+
+__all__ = ["app", "fail", "remember_storage"]
+
+_STORAGE_URLS: list[str] = []  # URLs this invocation was given, to redact from any message
+
+
+def remember_storage(url: str | None) -> str | None:
+    if url:
+        _STORAGE_URLS.append(url)
+    return url
+
+
+def _redact(message: str) -> str:
+    from ..search import ENV_VAR, redact
+
+    for url in [*_STORAGE_URLS, os.environ.get(ENV_VAR)]:
+        if url:
+            message = redact(message, url)
+    return message
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    text = " ".join(_redact(message).split())  # one line, whatever the message held
+    err_console.print(f"[bold red]error:[/bold red] {text}", highlight=False, soft_wrap=True, markup=True)
+    return typer.Exit(code)
+
+
+class _ErrorBoundary(TyperGroup):
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except SkipsearchError as e:
+            raise fail(str(e)) from None
+        except (PermissionError, IsADirectoryError, NotADirectoryError, FileNotFoundError) as e:
+            where = f": {e.filename}" if e.filename else ""
+            raise fail(f"{e.strerror or e}{where}") from None
+        except OSError as e:
+            if e.errno is None:
+                raise
+            raise fail(f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")) from None
+        except RecursionError:
+            raise fail("input nested too deeply to read") from None
+
+
+app = typer.Typer(
+    name="skipsearch",
+    cls=_ErrorBoundary,
+    help="Search skip-coefficient schedules (Skip-Tuning) for few-step sampling of EDM diffusion networks.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    rich_markup_mode="rich",
+)

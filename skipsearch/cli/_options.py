@@ -1,0 +1,26 @@
+"""Options several commands share, declared once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ._app import remember_storage
+
+StorageOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--storage",
+        help="Optuna storage URL (default $SKIPSEARCH_STORAGE, else sqlite:///skipsearch.db). "
+        "Put URLs with a password in $SKIPSEARCH_STORAGE.",
+        callback=remember_storage,
+    ),
+]
+ModelOpt = Annotated[str, typer.Option("--model", help="Model family (edm) or builtin:NAME.")]
+CheckpointOpt = Annotated[
+    Optional[Path], typer.Option("--checkpoint", help="EDM .pkl, or .pt/.safetensors with a config beside it.")
+]
+DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda, cuda:1, ...")]
+FeaturesWeightsOpt = Annotated[Optional[str], typer.Option(help="Local weights file for the feature extractor.")]

@@ -1,0 +1,164 @@
+"""How the CLI talks to a person: consoles, the study table that fits any width, progress.
+
+In a terminal: rich tables, live progress and bars. Without one (a pipe, a log file, a CI job):
+plain lines, one per event, so a log shows what happened and when.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+
+from rich.console import Console, Group, RenderableType
+from rich.measure import Measurement
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+from rich.text import Text
+
+from ..search import StudySummary, format_change
+
+__all__ = [
+    "console",
+    "err_console",
+    "interactive",
+    "study_table",
+    "best_lines",
+    "noise_warnings",
+    "running_lines",
+    "progress_bar",
+    "fmt",
+    "duration",
+]
+
+console = Console(highlight=False)
+if not console.is_terminal:  # piped or captured: tables need not fit an 80-column default
+    console = Console(width=120, highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+
+def interactive() -> bool:
+    return console.is_terminal and not console.is_dumb_terminal
+
+
+def fmt(value: float | None, spec: str = ".2f") -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    seconds = int(round(seconds))
+    if seconds < 90:
+        return f"{seconds} s"
+    if seconds < 5400:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+def _change_cell(s: StudySummary) -> Text:
+    text = format_change(s.change)
+    if s.change is None:
+        return Text(text)
+    if s.significant is False:
+        return Text(text + "*", style="yellow")
+    return Text(text, style="green" if s.change < 0 else "")
+
+
+# Columns in the order they are dropped when the terminal is narrow: the FID change is the headline.
+_COLUMNS: list[tuple[str, str, Callable[[StudySummary], RenderableType]]] = [
+    ("study", "left", lambda s: Text(s.name) + Text("  done", style="dim") if s.done else Text(s.name)),
+    ("FID change", "right", _change_cell),
+    ("best", "right", lambda s: fmt(s.best)),
+    ("baseline", "right", lambda s: fmt(s.baseline)),
+    ("trials", "right", lambda s: f"{s.finished}/{s.budget}"),
+    ("run", "right", lambda s: str(s.running)),
+    ("pruned", "right", lambda s: str(s.pruned)),
+    ("failed", "right", lambda s: str(s.failed)),
+]
+_DROP_ORDER = ["failed", "pruned", "run", "baseline"]
+
+
+def study_table(summaries: Sequence[StudySummary], title: str | None = None, width: int | None = None) -> Table:
+    """The studies' table, dropping the least important columns until it fits `width`."""
+    width = width or console.width
+    columns = [c for c in _COLUMNS]
+    while True:
+        table = Table(title=title, title_justify="left")
+        for name, justify, _ in columns:
+            table.add_column(name, justify=justify, no_wrap=True, overflow="ellipsis")  # type: ignore[arg-type]
+        for s in summaries:
+            table.add_row(*(cell(s) for _, _, cell in columns))
+        needed = Measurement.get(console, console.options.update(width=10_000), table).maximum
+        droppable = [c for c in columns if c[0] in _DROP_ORDER]
+        if needed <= width or not droppable:
+            return table
+        drop = min(droppable, key=lambda c: _DROP_ORDER.index(c[0]))
+        columns.remove(drop)
+
+
+def best_lines(summaries: Sequence[StudySummary]) -> list[str]:
+    lines = []
+    for s in summaries:
+        if s.best_trial is None:
+            continue
+        params = " ".join(f"{k}={v:.3g}" for k, v in s.best_params.items())
+        rate = f", {s.images_per_s:.0f} img/s" if s.images_per_s else ""
+        change = f" (FID {format_change(s.change)})" if s.change is not None else ""
+        lines.append(f"{s.name}: best trial {s.best_trial}: FID {fmt(s.baseline)} → {fmt(s.best)}{change}; {params}{rate}")
+    return lines
+
+
+def noise_warnings(summaries: Sequence[StudySummary]) -> list[str]:
+    """Say plainly when the best trial's gain is within the proxy's seed noise."""
+    return [
+        f"* {s.name}: the best trial does not beat the baseline by more than the proxy's seed noise "
+        f"(±{s.noise:.2f} FID); treat it as no gain."
+        for s in summaries if s.significant is False and s.noise is not None
+    ]
+
+
+def running_lines(summaries: Sequence[StudySummary]) -> list[str]:
+    lines = []
+    for s in summaries:
+        for r in s.running_trials:
+            bar = f"{r.samples_done}/{r.samples_total} samples"
+            lines.append(f"  {s.name} trial {r.number}: {bar}, {duration(r.seconds)}")
+        eta = s.eta_seconds()
+        if not s.done and eta is not None:
+            lines.append(f"  {s.name}: about {duration(eta)} to go")
+    return lines
+
+
+def live_view(summaries: Sequence[StudySummary], elapsed: float) -> RenderableType:
+    parts: list[RenderableType] = [study_table(summaries, title=f"search ({duration(elapsed)})")]
+    lines = running_lines(summaries)
+    if lines:
+        parts.append(Text("\n".join(lines), style="dim"))
+    return Group(*parts)
+
+
+@contextmanager
+def progress_bar(enabled: bool) -> Iterator[Callable[[str, int, int], None]]:
+    """A `(label, done, total)` callback: a rich bar per label in a terminal, plain lines otherwise."""
+    if enabled:
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      TimeRemainingColumn(), console=console, transient=True) as bar:
+            tasks: dict[str, int] = {}
+
+            def update(label: str, done: int, total: int) -> None:
+                if label not in tasks:
+                    tasks[label] = bar.add_task(label, total=total)
+                bar.update(tasks[label], completed=done)
+
+            yield update
+        return
+    last: dict[str, float] = {}
+
+    def plain(label: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        if done == total or now - last.get(label, 0.0) >= 10.0:
+            last[label] = now
+            console.print(f"{label}: {done}/{total} samples")
+
+    yield plain

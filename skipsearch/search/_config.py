@@ -1,0 +1,232 @@
+"""Study configuration: presets, CLI overrides, and the fingerprint that keeps workers consistent.
+
+A study is one (model, solver, NFE, evaluation config). Everything that changes a trial's score is
+part of the fingerprint (checkpoint and reference contents included, by sha256); a worker whose
+config differs is refused rather than silently mixing incomparable scores into one study. All
+checks run here, before any storage, study or artifact is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, fields, replace
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+from ..errors import ConfigError, UsageError
+from ..registry import Registry
+
+__all__ = ["StudyConfig", "Preset", "PRESETS", "RHO_MAX", "CURVE_MAX"]
+
+CONFIG_VERSION = 1
+RHO_MAX = 3.0  # ρ > 3 triples a skip: far outside anything Skip-Tuning or FreeU found useful
+CURVE_MAX = 4.0  # γ = 4^curve spans 1/256 … 256 at the bound
+MAX_SAMPLES = 10_000_000
+
+# Fields that do not change a trial's score: a joining worker may differ in these.
+OPERATIONAL = {"checkpoint", "features_weights", "reference", "batch_size", "trials", "artifacts"}
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    description: str
+    settings: dict[str, Any]
+
+
+def _read_preset(path: Path) -> Preset:
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(f"cannot read preset {path}: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"preset {path} is not a TOML table")
+    description = str(data.pop("description", ""))
+    return Preset(path.stem, description, data)
+
+
+PRESETS: Registry[Preset] = Registry("study preset", ConfigError)
+for _path in sorted(Path(str(resources.files("skipsearch") / "studies")).glob("*.toml")):
+    PRESETS.register(_path.stem, _read_preset(_path))
+
+
+def load_preset(name_or_path: str) -> Preset:
+    """A shipped preset by name (see `skipsearch presets`) or a TOML file."""
+    path = Path(name_or_path)
+    if path.suffix == ".toml" or path.is_file():
+        if not path.is_file():
+            raise ConfigError(f"preset file {path} does not exist")
+        return _read_preset(path)
+    return PRESETS.lookup(name_or_path)
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    model: str = "edm"  # family given on the command line
+    model_name: str = "edm-digits"  # the name schedules are filed under
+    checkpoint: str = "builtin:edm-digits"
+    checkpoint_sha256: str = ""
+    solver: str = "euler"
+    nfe: int = 10
+    time_exponent: float = 7.0
+    samples: int = 1000
+    fidelity: tuple[float, ...] = (0.25, 0.5, 1.0)
+    seed_start: int = 0
+    features: str = "skipsearch-digits"
+    features_weights: str | None = None
+    reference: str = "builtin:edm-digits"
+    reference_sha256: str = ""
+    precision: str = "fp32"
+    batch_size: int = 250
+    space: str = "linear"
+    rho_bounds: tuple[float, float] = (0.3, 1.1)
+    curve_bounds: tuple[float, float] = (-2.0, 2.0)
+    sigma_bounds: tuple[float, float] = (0.002, 80.0)
+    sampler: str = "gp"
+    sampler_seed: int = 0
+    pruner: str = "median"
+    trials: int = 20
+    enqueue_paper: bool = True
+    artifacts: str = "skipsearch-artifacts"
+    version: int = CONFIG_VERSION
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @property
+    def study_name(self) -> str:
+        return f"{self.model_name}/{self.solver}/nfe{self.nfe}"
+
+    @property
+    def steps(self) -> list[int]:
+        """Sample counts at which FID is reported (the last is `samples`)."""
+        return sorted({max(2, min(self.samples, round(f * self.samples))) for f in self.fidelity} | {self.samples})
+
+    @property
+    def seeds(self) -> range:
+        return range(self.seed_start, self.seed_start + self.samples)
+
+    @property
+    def metric_name(self) -> str:
+        return f"proxy FID ({self.samples} samples)"
+
+    def validate(self) -> None:
+        from .. import SOLVERS
+        from ._samplers import PRUNERS, SAMPLERS
+        from ._space import SPACES
+
+        SPACES.lookup(self.space)
+        SAMPLERS.lookup(self.sampler)
+        PRUNERS.lookup(self.pruner)
+        if self.precision not in ("fp32", "bf16"):
+            raise ConfigError(f"precision must be fp32 or bf16, not {self.precision!r}")
+        if not 2 <= self.samples <= MAX_SAMPLES:
+            raise ConfigError(f"--samples must be at least 2 (FID needs a covariance) and at most {MAX_SAMPLES:,}, got {self.samples}")
+        if self.trials < 1:
+            raise ConfigError(f"--trials must be at least 1, got {self.trials}")
+        if self.nfe < 1:
+            raise ConfigError(f"--nfe must be at least 1, got {self.nfe}")
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.seed_start < 0:
+            raise ConfigError(f"seeds must be non-negative, got {self.seed_start}")
+        if not self.fidelity or not all(0 < f <= 1 for f in self.fidelity):
+            raise ConfigError(f"fidelity steps are fractions of --samples in (0, 1], got {list(self.fidelity)}")
+        for name, (lo, hi) in (("rho", self.rho_bounds), ("curve", self.curve_bounds), ("sigma", self.sigma_bounds)):
+            if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+                raise ConfigError(f"{name} bounds must be finite with low < high, got ({lo}, {hi})")
+        lo, hi = self.rho_bounds
+        if not (0 < lo and hi <= RHO_MAX):
+            raise ConfigError(f"rho bounds must satisfy 0 < low < high <= {RHO_MAX:g}, got ({lo:g}, {hi:g})")
+        if max(abs(c) for c in self.curve_bounds) > CURVE_MAX:
+            raise ConfigError(f"curve bounds must lie within ±{CURVE_MAX:g} (γ = 4^curve), got {self.curve_bounds}")
+        if self.sigma_bounds[0] <= 0:
+            raise ConfigError(f"sigma bounds must be positive, got {self.sigma_bounds}")
+        SOLVERS.lookup(self.solver).steps_for_nfe(self.nfe)  # an impossible pair names the nearest valid NFEs
+
+    def fingerprint(self) -> str:
+        data = {k: v for k, v in self.to_dict().items() if k not in OPERATIONAL}
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+    def differences(self, other: StudyConfig) -> list[str]:
+        mine, theirs = self.to_dict(), other.to_dict()
+        return [k for k in mine if k not in OPERATIONAL and mine[k] != theirs.get(k)]
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        for key, value in data.items():
+            if isinstance(value, tuple):
+                data[key] = list(value)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StudyConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown study setting(s): {', '.join(unknown)}")
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        try:
+            return cls(**values)
+        except TypeError as e:
+            raise ConfigError(f"bad study settings: {e}") from None
+
+    def with_overrides(self, **overrides: Any) -> StudyConfig:
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+    @classmethod
+    def from_preset(
+        cls,
+        preset: str | None = None,
+        *,
+        nfe: list[int] | None = None,
+        **overrides: Any,
+    ) -> list[StudyConfig]:
+        """One config per NFE: preset values, then the given overrides (None means "not given").
+
+        Without a preset and a checkpoint, `--model edm` means the built-in demo preset. The model
+        is resolved (an unknown one names the valid choices) and each (solver, NFE) pair checked
+        here, before anything is written.
+        """
+        from ..target import BUILTIN_PREFIX, resolve_source, source_name
+
+        model = overrides.get("model") or "edm"
+        source = resolve_source(model, overrides.get("checkpoint"))  # an unknown --model names the choices
+        builtin = source.startswith(BUILTIN_PREFIX)
+        if preset is None:
+            preset = "demo" if builtin else None
+        data: dict[str, Any] = dict(load_preset(preset).settings) if preset else {
+            "solver": "dpmpp_2m", "features": "inception-v3-compat", "reference": None,
+        }
+        preset_checkpoint = str(data.get("checkpoint", source))
+        if builtin and not preset_checkpoint.startswith(BUILTIN_PREFIX):
+            if not Path(preset_checkpoint).is_file():
+                raise UsageError(f"preset {preset!r} is for your own network: give --checkpoint FILE and --ref FILE")
+            source = resolve_source(model, preset_checkpoint)
+        elif not builtin and preset_checkpoint.startswith(BUILTIN_PREFIX):
+            raise UsageError(f"preset {preset!r} is for the built-in model; for --checkpoint give --ref and --features")
+        preset_nfe = data.pop("nfe", [10])
+        preset_reference = data.get("reference")
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        data["checkpoint"] = source
+        data["model"] = "edm" if model.startswith(BUILTIN_PREFIX) else model
+        data["model_name"] = overrides.get("model_name") or source_name(source)
+        reference = data.get("reference")
+        if reference is None:
+            raise UsageError(
+                "--ref is required for your checkpoint: an EDM fid-refs .npz, or make one with `skipsearch reference`"
+            )
+        if reference == preset_reference and not str(reference).startswith(BUILTIN_PREFIX) and not Path(reference).is_file():
+            raise UsageError(f"preset {preset!r} names reference {reference}, which is not here: give --ref FILE")
+        nfes = nfe or (preset_nfe if isinstance(preset_nfe, list) else [preset_nfe])
+        if len(set(nfes)) != len(nfes):
+            raise UsageError(f"--nfe lists a value twice: {' '.join(map(str, nfes))}")
+        return [cls.from_dict({**data, "nfe": int(n)}) for n in nfes]

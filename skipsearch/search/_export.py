@@ -1,0 +1,71 @@
+"""Export the best schedule of each study as a `skipsearch.schedules/v1` document.
+
+Reads the storage only. Each entry carries its baseline and the proxy's noise estimate, so a
+consuming tool (and the user) can tell a real gain from seed noise. The output path is checked
+before anything is read, and the file is written atomically.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from sqlalchemy.engine import URL
+
+from .. import ScheduleDocument, ScheduleEntry, SkipSchedule, dump_schedules, entry_from_schedule
+from ..errors import StudyError, UsageError
+from ._storage import StorageSettings, open_storage, resolve_url
+from ._summary import StudySummary, study_summaries
+
+__all__ = ["export_schedules", "schedule_entry", "check_output_path"]
+
+
+def check_output_path(path: str | os.PathLike[str]) -> Path:
+    """One clear line for an output that cannot be written, before any work is done."""
+    out = Path(path)
+    if out.is_dir():
+        raise UsageError(f"{out} is a folder; give a file name, e.g. {out / 'schedules.json'}")
+    folder = out.parent
+    if not folder.is_dir():
+        raise UsageError(f"folder {folder} does not exist; create it or choose another -o")
+    if not os.access(folder, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        raise UsageError(f"cannot write {out}: permission denied")
+    return out
+
+
+def schedule_entry(summary: StudySummary) -> ScheduleEntry:
+    c = summary.config
+    assert summary.best_rho is not None and summary.best is not None
+    return entry_from_schedule(
+        SkipSchedule(summary.best_rho, summary.best_sigma_range),
+        model_name=c.model_name,
+        model_family=c.model,
+        model_sha256=c.checkpoint_sha256 or None,
+        solver=c.solver,
+        nfe=c.nfe,
+        time_exponent=c.time_exponent,
+        params=dict(summary.best_params),
+        score={"metric": "proxy-fid", "value": summary.best, "samples": c.samples, "features": c.features,
+               "reference_sha256": c.reference_sha256 or None, "seed_start": c.seed_start,
+               "noise": summary.noise, "significant": summary.significant},
+        baseline={"value": summary.baseline} if summary.baseline is not None else None,
+        study={"name": summary.name, "trial": summary.best_trial, "trials_complete": summary.complete},
+    )
+
+
+def export_schedules(
+    storage_url: str | URL | None,
+    path: str | os.PathLike[str],
+    *,
+    model: str | None = None,
+    nfe: Sequence[int] | None = None,
+) -> tuple[ScheduleDocument, list[StudySummary]]:
+    out = check_output_path(path)
+    storage = open_storage(resolve_url(storage_url), StorageSettings())
+    summaries = study_summaries(storage, model=model, nfe=nfe)
+    entries = [schedule_entry(s) for s in summaries if s.best_rho is not None and s.best is not None]
+    if not entries:
+        what = "matching studies" if model or nfe else "studies"
+        raise StudyError(f"no {what} with a completed trial to export; run `skipsearch launch` or see `skipsearch status`")
+    return dump_schedules(entries, out), summaries

@@ -1,0 +1,189 @@
+"""Create, load and describe skipsearch studies in an Optuna storage.
+
+A study's user attributes carry its full config and fingerprint, so a worker needs only the
+storage URL (and optionally a name) to join, and a worker with a different config is refused.
+
+The budget is a queue: creating a study enqueues the baseline (ρ = 1, trial 0), the paper's point
+(if inside the search bounds) and one empty slot per remaining trial. Workers only ever claim
+queued trials (never create them), so the finished count equals the budget whatever the number of
+workers, and a trial lost with its worker is re-queued in its place. Creation and seeding run
+under `storage_lock`, so ten concurrent launches still make one study with one baseline.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from optuna.exceptions import DuplicatedStudyError
+from optuna.storages import BaseStorage
+from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy.engine import URL
+
+from .. import SkipSite
+from ..errors import ConfigError, StudyError
+from ._config import StudyConfig
+from ._space import SPACES, in_bounds
+from ._storage import storage_lock
+
+__all__ = [
+    "CONFIG_ATTR",
+    "FINGERPRINT_ATTR",
+    "SITES_ATTR",
+    "BUDGET_ATTR",
+    "NOISE_ATTR",
+    "KIND_ATTR",
+    "COUNTED_ATTR",
+    "REASON_ATTR",
+    "Prepared",
+    "prepare_study",
+    "load_study",
+    "study_config",
+    "study_budget",
+    "list_studies",
+    "counts_toward_budget",
+]
+
+CONFIG_ATTR = "skipsearch_config"
+FINGERPRINT_ATTR = "skipsearch_fingerprint"
+SITES_ATTR = "skipsearch_num_skips"
+BUDGET_ATTR = "skipsearch_budget"
+NOISE_ATTR = "skipsearch_baseline_noise"
+KIND_ATTR = "skipsearch_trial_kind"  # baseline, paper, search (and retries keep their kind)
+COUNTED_ATTR = "skipsearch_counted"  # a FAIL that used up its slot (its schedule failed, not its worker)
+REASON_ATTR = "fail_reason"
+
+
+def study_config(study: optuna.Study) -> StudyConfig | None:
+    raw = study.user_attrs.get(CONFIG_ATTR)
+    return StudyConfig.from_dict(json.loads(raw)) if raw else None
+
+
+def study_budget(study: optuna.Study, config: StudyConfig) -> int:
+    return int(study.user_attrs.get(BUDGET_ATTR, config.trials))
+
+
+def counts_toward_budget(trial: FrozenTrial) -> bool:
+    """Finished for good: complete, pruned, or failed because of its schedule (not its worker)."""
+    if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
+        return True
+    return trial.state == TrialState.FAIL and bool(trial.user_attrs.get(COUNTED_ATTR))
+
+
+def _check_compatible(existing: StudyConfig, config: StudyConfig, name: str) -> None:
+    if existing.fingerprint() != config.fingerprint():
+        diffs = existing.differences(config)
+        detail = ", ".join(f"{k}: study has {getattr(existing, k)!r}, you gave {getattr(config, k)!r}" for k in diffs[:3])
+        raise StudyError(
+            f"study {name!r} was created with a different evaluation config ({detail}); "
+            "join without overrides, or use another --study name"
+        )
+
+
+@dataclass(frozen=True)
+class Prepared:
+    study: optuna.Study
+    config: StudyConfig
+    created: bool
+    budget: int
+    previous_budget: int | None  # set when this call raised the budget
+    complete: bool  # nothing queued or running: the budget is spent
+
+
+def _complete(study: optuna.Study, budget: int) -> bool:
+    trials = study.get_trials(deepcopy=False)
+    active = any(t.state in (TrialState.WAITING, TrialState.RUNNING) for t in trials)
+    return not active and sum(counts_toward_budget(t) for t in trials) >= budget
+
+
+def _enqueue(study: optuna.Study, params: dict[str, float], kind: str) -> None:
+    study.enqueue_trial(params, user_attrs={KIND_ATTR: kind}, skip_if_exists=False)
+
+
+def _seed(study: optuna.Study, config: StudyConfig, sites: Sequence[SkipSite], budget: int) -> None:
+    """Enqueue what is missing so that queued + running + finished = budget (idempotent)."""
+    trials = study.get_trials(deepcopy=False)
+    kinds = {t.user_attrs.get(KIND_ATTR) for t in trials}
+    space = SPACES.lookup(config.space)
+    live = [t for t in trials if t.state in (TrialState.WAITING, TrialState.RUNNING) or counts_toward_budget(t)]
+    missing = budget - len(live)
+    if "baseline" not in kinds and missing > 0:
+        _enqueue(study, space.baseline(config, sites), "baseline")
+        missing -= 1
+    paper = space.paper(config, sites)
+    if config.enqueue_paper and "paper" not in kinds and missing > 0 and in_bounds(paper, config, sites):
+        _enqueue(study, paper, "paper")
+        missing -= 1
+    for _ in range(max(0, missing)):
+        _enqueue(study, {}, "search")
+
+
+def prepare_study(storage: BaseStorage, url: URL, config: StudyConfig, sites: Sequence[SkipSite]) -> Prepared:
+    """Create the study (or join it when it exists with the same config) and fill its queue.
+
+    A larger `config.trials` than the study's budget extends it; a smaller one leaves it.
+    """
+    with storage_lock(url, f"study:{config.study_name}"):
+        created = True
+        try:
+            study = optuna.create_study(storage=storage, study_name=config.study_name, direction="minimize")
+        except DuplicatedStudyError:
+            created = False
+            study = optuna.load_study(study_name=config.study_name, storage=storage)
+        existing = study_config(study)
+        previous = None
+        if existing is None:
+            study.set_user_attr(CONFIG_ATTR, json.dumps(config.to_dict(), sort_keys=True))
+            study.set_user_attr(FINGERPRINT_ATTR, config.fingerprint())
+            study.set_user_attr(SITES_ATTR, len(sites))
+            study.set_user_attr(BUDGET_ATTR, config.trials)
+            study.set_metric_names([config.metric_name])
+            budget = config.trials
+        else:
+            _check_compatible(existing, config, config.study_name)
+            budget = study_budget(study, existing)
+            if config.trials > budget:
+                previous, budget = budget, config.trials
+                study.set_user_attr(BUDGET_ATTR, budget)
+            config = existing
+        _seed(study, config, sites, budget)
+        complete = _complete(study, budget)
+    return Prepared(study, config, created, budget, previous, complete)
+
+
+def load_study(storage: BaseStorage, name: str, wait: float = 10.0) -> tuple[optuna.Study, StudyConfig]:
+    """Join an existing study; its stored config is the truth.
+
+    A study another process is creating this instant may not have its config yet: wait briefly.
+    """
+    try:
+        study = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        names = [s.study_name for s in storage.get_all_studies()]
+        raise StudyError(f"no study named {name!r} in this storage; existing: {', '.join(names) or 'none'}") from None
+    deadline = time.monotonic() + wait
+    while (config := study_config(study)) is None:
+        if time.monotonic() > deadline:
+            raise StudyError(f"study {name!r} was not created by skipsearch (no config in its user attributes)")
+        time.sleep(0.2)
+    return study, config
+
+
+def list_studies(storage: BaseStorage) -> list[tuple[str, StudyConfig]]:
+    out = []
+    for summary in storage.get_all_studies():
+        raw = summary.user_attrs.get(CONFIG_ATTR)
+        if raw:
+            try:
+                out.append((summary.study_name, StudyConfig.from_dict(json.loads(raw))))
+            except (ConfigError, ValueError):
+                continue
+    return out
+
+
+def trial_kind(trial: FrozenTrial) -> Any:
+    return trial.user_attrs.get(KIND_ATTR)

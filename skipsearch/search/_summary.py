@@ -1,0 +1,178 @@
+"""What a study has found so far, read from the storage alone (status, export, launch, dashboard)."""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+from optuna.storages import BaseStorage
+from optuna.trial import FrozenTrial, TrialState
+
+from ._config import StudyConfig
+from ._study import COUNTED_ATTR, KIND_ATTR, NOISE_ATTR, REASON_ATTR, list_studies, study_budget
+
+__all__ = ["StudySummary", "RunningTrial", "summarize", "study_summaries", "format_change"]
+
+
+def format_change(change: float | None) -> str:
+    """A relative FID change the way every output shows it: "−44.8%" is 44.8% lower (better)."""
+    if change is None:
+        return "—"
+    return f"{change * 100:+.1f}%".replace("-", "−")
+
+
+@dataclass(frozen=True)
+class RunningTrial:
+    number: int
+    samples_done: int
+    samples_total: int
+    seconds: float | None
+    worker: str | None
+
+
+@dataclass(frozen=True)
+class StudySummary:
+    name: str
+    config: StudyConfig
+    budget: int
+    complete: int
+    running: int
+    pruned: int
+    failed: int  # failed for good (counted toward the budget)
+    retried: int  # failed with their worker and re-queued
+    waiting: int
+    baseline: float | None
+    best: float | None
+    best_trial: int | None
+    best_params: dict[str, Any]
+    best_rho: list[float] | None
+    best_sigma_range: list[float] | None
+    images_per_s: float | None
+    noise: float | None
+    trial_seconds: float | None  # mean wall time of a finished trial
+    running_trials: list[RunningTrial] = field(default_factory=list)
+    fail_reasons: list[str] = field(default_factory=list)
+
+    @property
+    def finished(self) -> int:
+        return self.complete + self.pruned + self.failed
+
+    @property
+    def done(self) -> bool:
+        return self.finished >= self.budget and not self.running and not self.waiting
+
+    @property
+    def gain(self) -> float | None:
+        """Share of the baseline's FID the best schedule removes (positive is better)."""
+        if self.baseline is None or self.best is None or self.baseline == 0:
+            return None
+        return (self.baseline - self.best) / self.baseline
+
+    @property
+    def change(self) -> float | None:
+        """Relative FID change of the best schedule against the baseline (negative is better)."""
+        return None if self.gain is None else -self.gain
+
+    @property
+    def significant(self) -> bool | None:
+        """Does the best beat the baseline by more than the proxy's seed noise?"""
+        if self.baseline is None or self.best is None or self.noise is None:
+            return None
+        return self.baseline - self.best > self.noise
+
+    def eta_seconds(self) -> float | None:
+        """Time to the end of the budget at the current pace and parallelism."""
+        if self.trial_seconds is None:
+            return None
+        left = max(0, self.budget - self.finished)
+        workers = max(1, self.running)
+        in_flight = sum(max(0.0, (self.trial_seconds or 0) - (r.seconds or 0)) for r in self.running_trials)
+        queued = max(0, left - self.running)
+        return (queued * self.trial_seconds) / workers + (in_flight / workers if self.running else 0.0)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "study": self.name,
+            "model": self.config.model_name,
+            "solver": self.config.solver,
+            "nfe": self.config.nfe,
+            "metric": self.config.metric_name,
+            "trials": {"complete": self.complete, "running": self.running, "pruned": self.pruned,
+                       "failed": self.failed, "retried": self.retried, "waiting": self.waiting,
+                       "budget": self.budget},
+            "done": self.done,
+            "baseline_fid": self.baseline,
+            "best_fid": self.best,
+            "best_trial": self.best_trial,
+            "gain": self.gain,
+            "noise": self.noise,
+            "significant": self.significant,
+            "best_params": self.best_params,
+            "best_rho": self.best_rho,
+            "best_sigma_range": self.best_sigma_range,
+            "images_per_s": self.images_per_s,
+            "fail_reasons": self.fail_reasons,
+        }
+
+
+def _running(trial: FrozenTrial, config: StudyConfig) -> RunningTrial:
+    started = trial.datetime_start
+    seconds = (datetime.datetime.now() - started).total_seconds() if started else None
+    return RunningTrial(trial.number, int(trial.user_attrs.get("progress", 0)), config.samples, seconds,
+                        trial.user_attrs.get("worker"))
+
+
+def summarize(study: optuna.Study, config: StudyConfig, trials: Sequence[FrozenTrial] | None = None) -> StudySummary:
+    trials = study.get_trials(deepcopy=False) if trials is None else trials
+    by_state = {s: [t for t in trials if t.state == s] for s in TrialState}
+    complete = by_state[TrialState.COMPLETE]
+    failed = [t for t in by_state[TrialState.FAIL] if t.user_attrs.get(COUNTED_ATTR)]
+    baseline = next((t.value for t in complete if t.user_attrs.get(KIND_ATTR) == "baseline"), None)
+    best = min(complete, key=lambda t: t.value) if complete else None
+    rates = [t.user_attrs["images_per_s"] for t in complete if t.user_attrs.get("images_per_s")]
+    seconds = [t.user_attrs["seconds"] for t in complete if "seconds" in t.user_attrs]
+    noise = study.user_attrs.get(NOISE_ATTR)
+    return StudySummary(
+        name=study.study_name,
+        config=config,
+        budget=study_budget(study, config),
+        complete=len(complete),
+        running=len(by_state[TrialState.RUNNING]),
+        pruned=len(by_state[TrialState.PRUNED]),
+        failed=len(failed),
+        retried=len(by_state[TrialState.FAIL]) - len(failed),
+        waiting=len(by_state[TrialState.WAITING]),
+        baseline=baseline,
+        best=best.value if best else None,
+        best_trial=best.number if best else None,
+        best_params=dict(best.params) if best else {},
+        best_rho=best.user_attrs.get("rho") if best else None,
+        best_sigma_range=best.user_attrs.get("sigma_range") if best else None,
+        images_per_s=sum(rates) / len(rates) if rates else None,
+        noise=float(noise) if noise is not None else None,
+        trial_seconds=sum(seconds) / len(seconds) if seconds else None,
+        running_trials=[_running(t, config) for t in by_state[TrialState.RUNNING]],
+        fail_reasons=sorted({str(t.user_attrs.get(REASON_ATTR)) for t in failed if t.user_attrs.get(REASON_ATTR)}),
+    )
+
+
+def study_summaries(
+    storage: BaseStorage,
+    *,
+    model: str | None = None,
+    nfe: Sequence[int] | None = None,
+    names: Sequence[str] | None = None,
+) -> list[StudySummary]:
+    out = []
+    for name, config in list_studies(storage):
+        if names and name not in names:
+            continue
+        if model is not None and model not in (config.model_name, config.model):
+            continue
+        if nfe and config.nfe not in nfe:
+            continue
+        out.append(summarize(optuna.load_study(study_name=name, storage=storage), config))
+    return out

@@ -1,0 +1,150 @@
+"""A trial's life in the shared storage: claimed from the queue, kept alive, failed and re-queued.
+
+Every state change here is a single atomic update in the database (Optuna's row-locked
+`set_trial_state_values`), so two workers can race for the same trial and exactly one wins:
+- `claim`: WAITING → RUNNING; a worker never creates trials, only claims queued ones.
+- `Heartbeat`: a thread that records a heartbeat every interval and outlives database blips
+  (a failed beat is retried, never fatal), so a live trial is not mistaken for a dead one.
+- `sweep`: RUNNING trials whose heartbeat is older than the grace period, or that never beat at
+  all, belong to dead workers: each is failed once and re-queued with the same parameters.
+- `fail`: a trial given up (preempted, lost, its schedule failed): re-queued, or counted.
+"""
+
+from __future__ import annotations
+
+import datetime
+import threading
+from collections.abc import Callable
+
+import optuna
+import sqlalchemy as sa
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.storages import RDBStorage
+from optuna.trial import FrozenTrial, TrialState
+
+from ._study import COUNTED_ATTR, KIND_ATTR, REASON_ATTR
+
+__all__ = ["claim", "Heartbeat", "sweep", "fail", "rdb", "RETRIES_ATTR", "RETRY_OF_ATTR"]
+
+RETRIES_ATTR = "retries"
+RETRY_OF_ATTR = "retry_of"
+
+
+def claim(study: optuna.Study) -> int | None:
+    """Atomically take the oldest queued trial (WAITING → RUNNING); its id, or None if none is queued."""
+    storage = study._storage
+    for trial in storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.WAITING,)):
+        try:
+            if storage.set_trial_state_values(trial._trial_id, state=TrialState.RUNNING):
+                return trial._trial_id
+        except UpdateFinishedTrialError:
+            continue
+    return None
+
+
+class Heartbeat:
+    """Records a heartbeat for one trial every `interval` seconds until stopped.
+
+    A beat that fails (database unreachable) is retried at the next tick; the thread never dies of
+    it. `last_ok` tells the worker how long the trial has gone without a recorded beat.
+    """
+
+    def __init__(self, storage: RDBStorage, trial_id: int, interval: float, log: Callable[[str], None]) -> None:
+        self.storage = storage
+        self.trial_id = trial_id
+        self.interval = interval
+        self.log = log
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{trial_id}", daemon=True)
+        self.failures = 0
+
+    def __enter__(self) -> Heartbeat:
+        self._beat()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _beat(self) -> None:
+        try:
+            self.storage.record_heartbeat(self.trial_id)
+            self.failures = 0
+        except Exception:  # noqa: BLE001 - an outage must not end the beat; the worker decides
+            self.failures += 1
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._beat()
+
+
+def _requeue(study: optuna.Study, failed: FrozenTrial) -> None:
+    """Queue a failed trial again with the same parameters (and kind), linked to it."""
+    params = {**(failed.system_attrs.get("fixed_params") or {}), **failed.params}
+    attrs = {KIND_ATTR: failed.user_attrs.get(KIND_ATTR, "search"),
+             RETRIES_ATTR: int(failed.user_attrs.get(RETRIES_ATTR, 0)) + 1, RETRY_OF_ATTR: failed.number}
+    study.enqueue_trial(params, user_attrs=attrs, skip_if_exists=False)
+
+
+def fail(study: optuna.Study, trial_id: int, reason: str, *, counted: bool, max_retry: int) -> bool:
+    """Fail a RUNNING trial with `reason`; re-queue it unless `counted` (its schedule, not its
+    worker, failed) or it was already re-run `max_retry` times (then it counts, so a schedule that
+    kills every worker cannot loop forever).
+
+    Returns False when another worker had already finished or failed it: exactly one caller wins.
+    """
+    storage = study._storage
+    trial = storage.get_trial(trial_id)
+    if trial.state != TrialState.RUNNING:
+        return False
+    retries = int(trial.user_attrs.get(RETRIES_ATTR, 0))
+    if not counted and retries >= max_retry:
+        counted, reason = True, f"{reason}; gave up after {retries} retries"
+    try:  # attributes first: a finished trial can no longer take any
+        storage.set_trial_user_attr(trial_id, REASON_ATTR, reason)
+        if counted:
+            storage.set_trial_user_attr(trial_id, COUNTED_ATTR, True)
+        if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+            return False
+    except UpdateFinishedTrialError:
+        return False
+    if not counted:
+        _requeue(study, storage.get_trial(trial_id))
+    return True
+
+
+def rdb(study: optuna.Study) -> RDBStorage:
+    """The RDBStorage behind a study (Optuna wraps it in a per-process cache)."""
+    storage = getattr(study._storage, "_backend", study._storage)
+    assert isinstance(storage, RDBStorage), "skipsearch studies live in an RDB storage"
+    return storage
+
+
+def _running_without_heartbeat(storage: RDBStorage, study_id: int) -> set[int]:
+    with storage.engine.connect() as conn:
+        beating = {row[0] for row in conn.execute(sa.text("SELECT trial_id FROM trial_heartbeats"))}
+    running = storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
+    return {t._trial_id for t in running if t._trial_id not in beating}
+
+
+def sweep(study: optuna.Study, grace_period: float, max_retry: int) -> list[int]:
+    """Fail and re-queue the RUNNING trials of dead workers; returns their numbers.
+
+    Stale: the last heartbeat is older than `grace_period` (database clock). Orphaned: a trial
+    never beat and started longer ago than that (its worker died right after claiming it).
+    """
+    storage = rdb(study)
+    stale = set(storage._get_stale_trial_ids(study._study_id))
+    cutoff = datetime.datetime.now() - datetime.timedelta(seconds=grace_period)
+    for trial_id in _running_without_heartbeat(storage, study._study_id):
+        trial = storage.get_trial(trial_id)
+        if trial.datetime_start is not None and trial.datetime_start < cutoff:
+            stale.add(trial_id)
+    swept = []
+    for trial_id in sorted(stale):
+        number = storage.get_trial_number_from_id(trial_id)
+        if fail(study, trial_id, "worker lost (no heartbeat within the grace period)", counted=False,
+                max_retry=max_retry):
+            swept.append(number)
+    return swept

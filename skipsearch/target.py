@@ -1,0 +1,90 @@
+"""What a search evaluates: a network named by a model family and checkpoint, with its identity.
+
+The search and the CLI reach networks only through here: `resolve_source` turns CLI-level
+(--model, --checkpoint) into a loadable source with a clear error naming the valid choices, and a
+`Target` carries the loaded network with what a study records about it (name, sha256, skip sites,
+its own proxy-FID defaults for built-ins).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import ScheduleFileError
+from .models.builtin import BUILTIN_PREFIX, builtin_info
+from .models.loading import checkpoint_sha256, load_network, model_choices, model_name, resolve_model_source
+from .schedule import SkipSchedule, SkipSite
+from .schedule_file import ScheduleDocument, ScheduleEntry
+from .skiptune import skip_sites
+
+__all__ = ["Target", "load_target", "resolve_source", "source_name", "source_sha256", "model_choices", "BUILTIN_PREFIX"]
+
+
+def resolve_source(model: str, checkpoint: str | Path | None = None) -> str:
+    """`builtin:NAME` or a checkpoint path, from --model (a family or builtin:NAME) and --checkpoint."""
+    return resolve_model_source(model, checkpoint)
+
+
+def source_name(source: str) -> str:
+    return model_name(source)
+
+
+def source_sha256(source: str) -> str:
+    return checkpoint_sha256(source)
+
+
+@dataclass
+class Target:
+    source: str
+    net: nn.Module
+    sites: list[SkipSite] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return model_name(self.source)
+
+    @cached_property
+    def sha256(self) -> str:
+        return checkpoint_sha256(self.source)
+
+    @property
+    def default_features(self) -> str | None:
+        info = builtin_info(self.net)
+        return info.features if info else None
+
+    @property
+    def default_reference(self) -> str | None:
+        info = builtin_info(self.net)
+        return info.reference if info else None
+
+    @property
+    def resolution(self) -> int:
+        return int(self.net.img_resolution)
+
+    def linear_schedule(self, rho_top: float, rho_bottom: float = 1.0, curve: float = 0.0) -> SkipSchedule:
+        return SkipSchedule.linear(len(self.sites), rho_top, rho_bottom, curve)
+
+    def entries(self, doc: ScheduleDocument, *, nfe: int | None = None, solver: str | None = None) -> list[ScheduleEntry]:
+        """The file's schedules for this network: filed under its name (or its sha256), with one ρ per
+        site, and never one exported for a different checkpoint that happens to share the name."""
+        found = doc.select(model=self.name, nfe=nfe, solver=solver) or doc.select(model=self.sha256, nfe=nfe, solver=solver)
+        if not found:
+            doc.entry(model=self.name, nfe=nfe, solver=solver)  # raises, listing what the file holds
+        for entry in found:
+            if entry.model_sha256 and entry.model_sha256.lower() != self.sha256:
+                raise ScheduleFileError(
+                    f"schedule {entry.label} was exported for a different checkpoint (sha256 {entry.model_sha256[:12]}…, "
+                    f"this one is {self.sha256[:12]}…); use a schedule searched on this network"
+                )
+            entry.check_num_skips(len(self.sites))
+        return found
+
+
+def load_target(source: str, device: str | torch.device = "cpu") -> Target:
+    net = load_network(source, device=device)
+    return Target(source, net, skip_sites(net))
