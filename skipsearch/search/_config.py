@@ -21,8 +21,11 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
+from .. import SOLVERS
 from ..errors import ConfigError, UsageError
 from ..registry import Registry
+from ._samplers import PRUNERS, SAMPLERS
+from ._space import SPACES
 
 __all__ = ["StudyConfig", "Preset", "PRESETS", "RHO_MAX", "CURVE_MAX"]
 
@@ -119,10 +122,6 @@ class StudyConfig:
         return f"proxy FID ({self.samples} samples)"
 
     def validate(self) -> None:
-        from .. import SOLVERS
-        from ._samplers import PRUNERS, SAMPLERS
-        from ._space import SPACES
-
         SPACES.lookup(self.space)
         SAMPLERS.lookup(self.sampler)
         PRUNERS.lookup(self.pruner)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import optuna
@@ -24,16 +24,33 @@ from optuna.trial import FrozenTrial, TrialState
 from ..errors import ConfigError
 from ..registry import Registry
 
-if TYPE_CHECKING:
-    from ._config import StudyConfig
+
+
+class SamplerSettings(Protocol):
+    """What samplers and pruners read of a study's config (StudyConfig has it)."""
+
+    @property
+    def trials(self) -> int: ...
+
+    @property
+    def steps(self) -> list[int]: ...
+
+    @property
+    def sampler(self) -> str: ...
+
+    @property
+    def sampler_seed(self) -> int: ...
+
+    @property
+    def pruner(self) -> str: ...
 
 __all__ = ["SAMPLERS", "PRUNERS", "DistinctSampler", "make_sampler", "make_pruner", "trial_seed", "startup_trials"]
 
-SamplerFactory = Callable[["StudyConfig", int], BaseSampler]
-PrunerFactory = Callable[["StudyConfig"], optuna.pruners.BasePruner]
+SamplerFactory = Callable[["SamplerSettings", int], BaseSampler]
+PrunerFactory = Callable[["SamplerSettings"], optuna.pruners.BasePruner]
 
 
-def startup_trials(config: StudyConfig) -> int:
+def startup_trials(config: SamplerSettings) -> int:
     """Random trials before the model-based sampler takes over: a quarter of the budget, 4 to 10."""
     return min(10, max(4, config.trials // 4))
 
@@ -142,10 +159,10 @@ class DistinctSampler(BaseSampler):
         return any(np.max(np.abs(mine - v)) < self.min_distance for v in taken)
 
 
-def make_sampler(config: StudyConfig, trial_number: int, vector: Vector) -> DistinctSampler:
+def make_sampler(config: SamplerSettings, trial_number: int, vector: Vector) -> DistinctSampler:
     seed = trial_seed(config.sampler_seed, trial_number)
     return DistinctSampler(SAMPLERS.lookup(config.sampler)(config, seed), vector, seed=seed)
 
 
-def make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
+def make_pruner(config: SamplerSettings) -> optuna.pruners.BasePruner:
     return PRUNERS.lookup(config.pruner)(config)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import optuna
 from optuna.distributions import BaseDistribution, FloatDistribution
@@ -21,10 +21,24 @@ from .. import SkipSchedule, SkipSite
 from ..errors import ConfigError
 from ..registry import Registry
 
-if TYPE_CHECKING:
-    from ._config import StudyConfig
 
-__all__ = ["Space", "SPACES", "suggest_params", "in_bounds"]
+
+class SpaceBounds(Protocol):
+    """What a space reads of a study's config (StudyConfig has it)."""
+
+    @property
+    def rho_bounds(self) -> tuple[float, float]: ...
+
+    @property
+    def curve_bounds(self) -> tuple[float, float]: ...
+
+    @property
+    def sigma_bounds(self) -> tuple[float, float]: ...
+
+    @property
+    def space(self) -> str: ...
+
+__all__ = ["Space", "SPACES", "SpaceBounds", "suggest_params", "in_bounds"]
 
 
 class Space:
@@ -32,21 +46,21 @@ class Space:
 
     name = ""
 
-    def distributions(self, config: StudyConfig, sites: Sequence[SkipSite]) -> dict[str, BaseDistribution]:
+    def distributions(self, config: SpaceBounds, sites: Sequence[SkipSite]) -> dict[str, BaseDistribution]:
         raise NotImplementedError
 
-    def schedule(self, params: dict[str, Any], config: StudyConfig, sites: Sequence[SkipSite]) -> SkipSchedule:
+    def schedule(self, params: dict[str, Any], config: SpaceBounds, sites: Sequence[SkipSite]) -> SkipSchedule:
         raise NotImplementedError
 
-    def baseline(self, config: StudyConfig, sites: Sequence[SkipSite]) -> dict[str, float]:
+    def baseline(self, config: SpaceBounds, sites: Sequence[SkipSite]) -> dict[str, float]:
         """The untuned network (ρ = 1 everywhere) in this space's parameters."""
         raise NotImplementedError
 
-    def paper(self, config: StudyConfig, sites: Sequence[SkipSite]) -> dict[str, float]:
+    def paper(self, config: SpaceBounds, sites: Sequence[SkipSite]) -> dict[str, float]:
         """Skip-Tuning's hand-set point: linear from ρ = 1.0 at the top to 0.8 at the bottom."""
         raise NotImplementedError
 
-    def vector(self, params: dict[str, Any], config: StudyConfig, sites: Sequence[SkipSite]) -> list[float]:
+    def vector(self, params: dict[str, Any], config: SpaceBounds, sites: Sequence[SkipSite]) -> list[float]:
         """What two trials must differ in to be different experiments: per-site ρ (and the σ
         window, log scale), each in units of its search range."""
         schedule = self.schedule(params, config, sites)
@@ -58,45 +72,45 @@ class Space:
         return out + [math.log(max(w, s_lo)) / span for w in window]
 
 
-def _rho(config: StudyConfig) -> FloatDistribution:
+def _rho(config: SpaceBounds) -> FloatDistribution:
     return FloatDistribution(*config.rho_bounds)
 
 
 class Linear(Space):
     name = "linear"
 
-    def distributions(self, config: StudyConfig, sites: Sequence[SkipSite]) -> dict[str, BaseDistribution]:
+    def distributions(self, config: SpaceBounds, sites: Sequence[SkipSite]) -> dict[str, BaseDistribution]:
         return {"rho_top": _rho(config), "rho_bottom": _rho(config), "curve": FloatDistribution(*config.curve_bounds)}
 
-    def schedule(self, params: dict[str, Any], config: StudyConfig, sites: Sequence[SkipSite]) -> SkipSchedule:
+    def schedule(self, params: dict[str, Any], config: SpaceBounds, sites: Sequence[SkipSite]) -> SkipSchedule:
         return SkipSchedule.linear(len(sites), params["rho_top"], params["rho_bottom"], params["curve"])
 
-    def baseline(self, config: StudyConfig, sites: Sequence[SkipSite]) -> dict[str, float]:
+    def baseline(self, config: SpaceBounds, sites: Sequence[SkipSite]) -> dict[str, float]:
         return {"rho_top": 1.0, "rho_bottom": 1.0, "curve": 0.0}
 
-    def paper(self, config: StudyConfig, sites: Sequence[SkipSite]) -> dict[str, float]:
+    def paper(self, config: SpaceBounds, sites: Sequence[SkipSite]) -> dict[str, float]:
         return {"rho_top": 1.0, "rho_bottom": 0.8, "curve": 0.0}
 
 
 class LinearWindow(Linear):
     name = "linear+window"
 
-    def distributions(self, config: StudyConfig, sites: Sequence[SkipSite]) -> dict[str, BaseDistribution]:
+    def distributions(self, config: SpaceBounds, sites: Sequence[SkipSite]) -> dict[str, BaseDistribution]:
         window = FloatDistribution(*config.sigma_bounds, log=True)
         return {**super().distributions(config, sites), "sigma_lo": window, "sigma_hi": window}
 
-    def schedule(self, params: dict[str, Any], config: StudyConfig, sites: Sequence[SkipSite]) -> SkipSchedule:
+    def schedule(self, params: dict[str, Any], config: SpaceBounds, sites: Sequence[SkipSite]) -> SkipSchedule:
         lo, hi = sorted((params["sigma_lo"], params["sigma_hi"]))
         rho = super().schedule(params, config, sites).rho
         return SkipSchedule(rho, (lo, hi) if hi > lo else None)
 
-    def _full_window(self, config: StudyConfig) -> dict[str, float]:
+    def _full_window(self, config: SpaceBounds) -> dict[str, float]:
         return {"sigma_lo": config.sigma_bounds[0], "sigma_hi": config.sigma_bounds[1]}
 
-    def baseline(self, config: StudyConfig, sites: Sequence[SkipSite]) -> dict[str, float]:
+    def baseline(self, config: SpaceBounds, sites: Sequence[SkipSite]) -> dict[str, float]:
         return {**super().baseline(config, sites), **self._full_window(config)}
 
-    def paper(self, config: StudyConfig, sites: Sequence[SkipSite]) -> dict[str, float]:
+    def paper(self, config: SpaceBounds, sites: Sequence[SkipSite]) -> dict[str, float]:
         return {**super().paper(config, sites), **self._full_window(config)}
 
 
@@ -107,16 +121,16 @@ class Stages(Space):
     def _count(sites: Sequence[SkipSite]) -> int:
         return len({s.resolution for s in sites})
 
-    def distributions(self, config: StudyConfig, sites: Sequence[SkipSite]) -> dict[str, BaseDistribution]:
+    def distributions(self, config: SpaceBounds, sites: Sequence[SkipSite]) -> dict[str, BaseDistribution]:
         return {f"rho_stage{i}": _rho(config) for i in range(self._count(sites))}
 
-    def schedule(self, params: dict[str, Any], config: StudyConfig, sites: Sequence[SkipSite]) -> SkipSchedule:
+    def schedule(self, params: dict[str, Any], config: SpaceBounds, sites: Sequence[SkipSite]) -> SkipSchedule:
         return SkipSchedule.stages(sites, [params[f"rho_stage{i}"] for i in range(self._count(sites))])
 
-    def baseline(self, config: StudyConfig, sites: Sequence[SkipSite]) -> dict[str, float]:
+    def baseline(self, config: SpaceBounds, sites: Sequence[SkipSite]) -> dict[str, float]:
         return {f"rho_stage{i}": 1.0 for i in range(self._count(sites))}
 
-    def paper(self, config: StudyConfig, sites: Sequence[SkipSite]) -> dict[str, float]:
+    def paper(self, config: SpaceBounds, sites: Sequence[SkipSite]) -> dict[str, float]:
         n = self._count(sites)
         return {f"rho_stage{i}": 1.0 - 0.2 * i / max(n - 1, 1) for i in range(n)}
 
@@ -126,7 +140,7 @@ for _space in (Linear(), Stages(), LinearWindow()):
     SPACES.register(_space.name, _space)
 
 
-def suggest_params(trial: optuna.Trial, config: StudyConfig, sites: Sequence[SkipSite]) -> dict[str, float]:
+def suggest_params(trial: optuna.Trial, config: SpaceBounds, sites: Sequence[SkipSite]) -> dict[str, float]:
     params: dict[str, float] = {}
     for name, dist in SPACES.lookup(config.space).distributions(config, sites).items():
         assert isinstance(dist, FloatDistribution)
@@ -134,7 +148,7 @@ def suggest_params(trial: optuna.Trial, config: StudyConfig, sites: Sequence[Ski
     return params
 
 
-def in_bounds(params: dict[str, float], config: StudyConfig, sites: Sequence[SkipSite]) -> bool:
+def in_bounds(params: dict[str, float], config: SpaceBounds, sites: Sequence[SkipSite]) -> bool:
     """Whether a seeded point lies inside the study's search space (else it is not enqueued)."""
     dists = SPACES.lookup(config.space).distributions(config, sites)
     if set(params) != set(dists):
