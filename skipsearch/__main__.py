@@ -1,5 +1,5 @@
 """`python -m skipsearch` runs the CLI (and is how `launch` starts its workers)."""
 
-from skipsearch.cli import main
+from skipsearch.entry import main
 
 main()

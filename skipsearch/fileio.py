@@ -14,7 +14,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_write", "write_bytes_atomic", "write_text_atomic", "file_sha256"]
+from .errors import UsageError
+
+__all__ = ["atomic_write", "write_bytes_atomic", "write_text_atomic", "file_sha256", "check_output_path"]
 
 
 @contextmanager
@@ -75,3 +77,16 @@ def file_sha256(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def check_output_path(path: str | os.PathLike[str]) -> Path:
+    """One clear line for an output file that cannot be written, before any work is done."""
+    out = Path(path)
+    if out.is_dir():
+        raise UsageError(f"{out} is a folder; give a file name, e.g. {out / 'out'}")
+    folder = out.parent
+    if not folder.is_dir():
+        raise UsageError(f"folder {folder} does not exist; create it or choose another -o")
+    if not os.access(folder, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        raise UsageError(f"cannot write {out}: permission denied")
+    return out

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import ScheduleFileError
+from .errors import CheckpointError, ScheduleFileError
 from .models.builtin import BUILTIN_PREFIX, builtin_info
 from .models.loading import checkpoint_sha256, load_network, model_choices, model_name, resolve_model_source
 from .schedule import SkipSchedule, SkipSite
@@ -65,6 +65,23 @@ class Target:
     @property
     def resolution(self) -> int:
         return int(self.net.img_resolution)
+
+    def check_finite(self, sigma: float = 1.0) -> None:
+        """One untuned evaluation on seeded noise: a damaged checkpoint (NaN or infinite weights)
+        is refused before a study is created, not discovered trial after trial."""
+        net = self.net
+        device = next((p.device for p in net.parameters()), torch.device("cpu"))
+        generator = torch.Generator(device).manual_seed(0)
+        shape = [2, int(net.img_channels), self.resolution, self.resolution]
+        x = torch.randn(shape, generator=generator, device=device) * sigma
+        labels = None
+        if int(getattr(net, "label_dim", 0)):
+            labels = torch.eye(int(net.label_dim), device=device)[[0, 1 % int(net.label_dim)]]
+        with torch.inference_mode():
+            out = net(x, torch.full([2], sigma, device=device), labels)
+        if not bool(torch.isfinite(out).all()):
+            raise CheckpointError(f"{self.source}: the network gives non-finite output (NaN or inf) for ordinary input; "
+                                  "the checkpoint is damaged")
 
     def linear_schedule(self, rho_top: float, rho_bottom: float = 1.0, curve: float = 0.0) -> SkipSchedule:
         return SkipSchedule.linear(len(self.sites), rho_top, rho_bottom, curve)

@@ -232,3 +232,23 @@ def test_orphaned_running_trial_without_heartbeat_is_requeued(tiny_checkpoint: P
     # Not yet suggested when orphaned: the baseline's enqueued values and kind travel with the retry.
     assert retry[0].system_attrs["fixed_params"] == {"rho_top": 1.0, "rho_bottom": 1.0, "curve": 0.0}
     assert retry[0].user_attrs[KIND_ATTR] == "baseline"
+
+
+def test_a_finished_study_says_so_and_can_be_extended(tiny_checkpoint: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    args = ["launch", "--storage", f"sqlite:///{tmp_path / 'x.db'}", "--checkpoint", str(tiny_checkpoint),
+            "--study", "edm-tiny", "--solver", "euler", "--nfe", "2", "--samples", "24", "--batch-size", "8",
+            "--ref", "builtin:edm-digits", "--features", "skipsearch-digits", "--device", "cpu"]
+    first = runner.invoke(app, [*args, "--trials", "3"])
+    assert first.exit_code == 0, first.output
+    assert "created study edm-tiny/euler/nfe2 (3 trials)" in first.output
+    again = runner.invoke(app, [*args, "--trials", "3"])
+    assert again.exit_code == 0 and "is complete (3/3 trials)" in again.output and "--trials 6" in again.output
+    more = runner.invoke(app, [*args, "--trials", "5"])
+    assert more.exit_code == 0, more.output
+    assert "budget raised from 3 to 5 trials" in more.output
+    trials = optuna.load_study(study_name="edm-tiny/euler/nfe2", storage=open_storage(f"sqlite:///{tmp_path / 'x.db'}"))
+    states = [t.state for t in trials.get_trials(deepcopy=False)]
+    assert len(states) == 5 and set(states) <= {TrialState.COMPLETE, TrialState.PRUNED}
+    assert "5/5" in " ".join(more.output.split())

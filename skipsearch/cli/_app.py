@@ -10,6 +10,7 @@ import os
 from typing import Any
 
 import typer
+from typer._click.exceptions import NoArgsIsHelpError, UsageError
 from typer.core import TyperGroup
 
 from ..errors import SkipsearchError
@@ -45,6 +46,11 @@ class _ErrorBoundary(TyperGroup):
     def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
+        except UsageError as e:
+            if isinstance(e, NoArgsIsHelpError):
+                raise
+            command = e.ctx.command_path if e.ctx is not None else "skipsearch"
+            raise fail(f"{e.format_message()} (see `{command} --help`)") from None
         except SkipsearchError as e:
             raise fail(str(e)) from None
         except (PermissionError, IsADirectoryError, NotADirectoryError, FileNotFoundError) as e:
@@ -56,6 +62,12 @@ class _ErrorBoundary(TyperGroup):
             raise fail(f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")) from None
         except RecursionError:
             raise fail("input nested too deeply to read") from None
+        except Exception as e:
+            from ..search import DATABASE_ERRORS, describe_database_error
+
+            if isinstance(e, DATABASE_ERRORS):
+                raise fail(describe_database_error(e)) from None
+            raise
 
 
 app = typer.Typer(

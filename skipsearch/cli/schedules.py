@@ -12,6 +12,7 @@ from .. import ScheduleEntry, SkipSchedule, load_schedules
 from ..errors import UsageError
 from ..render import render_grid
 from ..scoring import make_scorer, score_schedules
+from ..fileio import check_output_path
 from ..search import format_change
 from ..target import load_target, resolve_source
 from ._output import console, fmt, interactive, progress_bar
@@ -91,8 +92,7 @@ def sample(
     if seed < 0:
         raise UsageError("--seeds must be non-negative")
     doc = load_schedules(schedule) if schedule is not None else None
-    if output.is_dir():
-        raise UsageError(f"{output} is a folder; give a file name, e.g. {output / 'samples.png'}")
+    check_output_path(output)
     target = load_target(resolve_source(model, checkpoint), device)
     sched: SkipSchedule | None = None
     if doc is not None:

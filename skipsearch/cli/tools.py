@@ -10,6 +10,7 @@ from rich.table import Table
 
 from ..errors import UsageError
 from ..scoring import build_reference
+from ..fileio import check_output_path
 from ..target import load_target, resolve_source
 from ._output import console
 from ._options import CheckpointOpt, DeviceOpt, FeaturesWeightsOpt, ModelOpt
@@ -40,10 +41,7 @@ def reference(
     """Compute reference statistics (mu, sigma) of a data set for proxy FID."""
     if batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
-    if output.is_dir():
-        raise UsageError(f"{output} is a folder; give a file name, e.g. {output / 'ref.npz'}")
-    if not output.parent.is_dir():
-        raise UsageError(f"folder {output.parent} does not exist; create it or choose another -o")
+    check_output_path(output)
     stats = build_reference(data, output, features=features, device=device, batch_size=batch_size,
                             features_weights=features_weights)
     console.print(f"wrote {output}: {stats.count} images, {stats.dim}-dim {features} statistics, sha256 {stats.sha256[:12]}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import inspect
 import io
 import pickle
+import zipfile
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -72,7 +73,24 @@ def _reconstruct_persistent_obj(meta: Any) -> PersistentRecord:
 
 
 def _load_storage_from_bytes(data: bytes) -> Any:
-    # torch serialises each storage as a nested torch.save() blob; weights_only keeps that safe too.
+    """torch serialises each storage as a nested torch.save() blob; weights_only keeps that safe too.
+
+    torch writes those blobs as uncompressed zip archives. A compressed member could expand a
+    small file a thousandfold in memory, so it is refused: what is read is bounded by the file size.
+    """
+    if not isinstance(data, (bytes, bytearray)):
+        raise CheckpointError("malformed tensor storage: expected bytes")
+    if data[:4] == b"PK\x03\x04":
+        try:
+            with zipfile.ZipFile(io.BytesIO(data)) as archive:
+                members = archive.infolist()
+        except zipfile.BadZipFile as e:
+            raise CheckpointError(f"damaged tensor storage: {e}") from None
+        packed = [m.filename for m in members if m.compress_type != zipfile.ZIP_STORED]
+        if packed:
+            raise CheckpointError(f"refusing a compressed tensor storage ({packed[0]}): torch never writes one")
+        if sum(m.file_size for m in members) > len(data):
+            raise CheckpointError("tensor storage declares more data than it holds")
     return torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
 
 

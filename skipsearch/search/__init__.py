@@ -9,7 +9,7 @@
 
 from ._config import PRESETS, Preset, StudyConfig
 from ._dashboard import dashboard_app, serve_dashboard
-from ._export import check_output_path, export_schedules, schedule_entry
+from ._export import export_schedules, schedule_entry
 from ._launch import (
     TrialEvent,
     WatchState,
@@ -25,6 +25,7 @@ from ._notes import study_note, update_study_note
 from ._samplers import PRUNERS, SAMPLERS
 from ._space import SPACES, Space
 from ._storage import (
+    DATABASE_ERRORS,
     DEFAULT_URL,
     ENV_VAR,
     StorageSettings,
@@ -33,6 +34,7 @@ from ._storage import (
     parse_url,
     redact,
     resolve_url,
+    describe_database_error,
     storage_lock,
 )
 from ._study import KIND_ATTR, Prepared, counts_toward_budget, load_study, prepare_study
@@ -48,6 +50,7 @@ __all__ = [
     "SAMPLERS",
     "PRUNERS",
     "StorageSettings",
+    "DATABASE_ERRORS",
     "ENV_VAR",
     "DEFAULT_URL",
     "parse_url",
@@ -56,6 +59,7 @@ __all__ = [
     "redact",
     "open_storage",
     "storage_lock",
+    "describe_database_error",
     "Prepared",
     "prepare_study",
     "prepare_studies",
@@ -84,7 +88,6 @@ __all__ = [
     "update_study_note",
     "export_schedules",
     "schedule_entry",
-    "check_output_path",
     "serve_dashboard",
     "dashboard_app",
 ]

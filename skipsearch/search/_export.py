@@ -9,29 +9,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from pathlib import Path
 
 from sqlalchemy.engine import URL
 
 from .. import ScheduleDocument, ScheduleEntry, SkipSchedule, dump_schedules, entry_from_schedule
-from ..errors import StudyError, UsageError
+from ..errors import StudyError
+from ..fileio import check_output_path
 from ._storage import StorageSettings, open_storage, resolve_url
 from ._summary import StudySummary, study_summaries
 
-__all__ = ["export_schedules", "schedule_entry", "check_output_path"]
-
-
-def check_output_path(path: str | os.PathLike[str]) -> Path:
-    """One clear line for an output that cannot be written, before any work is done."""
-    out = Path(path)
-    if out.is_dir():
-        raise UsageError(f"{out} is a folder; give a file name, e.g. {out / 'schedules.json'}")
-    folder = out.parent
-    if not folder.is_dir():
-        raise UsageError(f"folder {folder} does not exist; create it or choose another -o")
-    if not os.access(folder, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
-        raise UsageError(f"cannot write {out}: permission denied")
-    return out
+__all__ = ["export_schedules", "schedule_entry"]
 
 
 def schedule_entry(summary: StudySummary) -> ScheduleEntry:

@@ -57,6 +57,7 @@ def prepare_studies(
     for config in configs:
         if config.checkpoint not in targets:
             targets[config.checkpoint] = load_target(config.checkpoint)
+            targets[config.checkpoint].check_finite()
         target = targets[config.checkpoint]
         scorer = make_scorer(target.net, config.features, config.reference, features_weights=config.features_weights)
         ready.append((config.with_overrides(checkpoint_sha256=target.sha256, reference_sha256=scorer.reference.sha256),

@@ -37,6 +37,7 @@ from sqlalchemy.exc import ArgumentError
 from ..errors import StorageError
 
 __all__ = [
+    "DATABASE_ERRORS",
     "ENV_VAR",
     "DEFAULT_URL",
     "StorageSettings",
@@ -49,6 +50,7 @@ __all__ = [
     "Retrying",
     "quiet_optuna",
     "is_transient",
+    "describe_database_error",
 ]
 
 ENV_VAR = "SKIPSEARCH_STORAGE"
@@ -56,6 +58,10 @@ DEFAULT_URL = "sqlite:///skipsearch.db"
 _DRIVERS = {"postgresql": "postgresql+psycopg2", "postgres": "postgresql+psycopg2"}
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+]*)://(.*)$", re.DOTALL)
 T = TypeVar("T")
+# What a damaged, locked or vanished database raises, whichever layer reports it.
+DATABASE_ERRORS: tuple[type[BaseException], ...] = (
+    optuna.exceptions.StorageInternalError, sa.exc.SQLAlchemyError, sqlite3.DatabaseError,
+)
 
 
 @dataclass(frozen=True)
@@ -157,6 +163,16 @@ def describe(exc: BaseException, url: URL) -> str:
     return redact(_first_line(exc), url)
 
 
+def describe_database_error(exc: BaseException) -> str:
+    """One line for a database error that reached the user, with the hint that usually helps."""
+    line = _first_line(exc)
+    if "malformed" in line or "not a database" in line:
+        return f"the storage database is damaged ({line}); restore it from a backup or give another --storage"
+    if "readonly" in line or "read-only" in line:
+        return f"the storage database cannot be written ({line}); check its permissions"
+    return f"storage error: {line}"
+
+
 def is_transient(exc: BaseException) -> bool:
     """An error a worker should wait out (the database is restarting or unreachable)."""
     if isinstance(exc, optuna.exceptions.StorageInternalError):
@@ -222,6 +238,9 @@ def open_storage(
         if path is not None:
             if path.exists():
                 _check_sqlite_file(path, parsed)
+                if create and not os.access(path.parent, os.W_OK):
+                    raise StorageError(f"storage {mask_url(parsed)} is in a read-only folder ({path.parent}); "
+                                       "SQLite writes its journal beside the file: give a writable --storage")
             elif not create:
                 raise StorageError(f"no skipsearch storage at {mask_url(parsed)}; start a search with `skipsearch launch`")
             elif not path.parent.is_dir():
@@ -247,7 +266,7 @@ def open_storage(
 def storage_lock(url: str | URL | None, key: str, timeout: float = 120.0) -> Iterator[None]:
     """An exclusive lock named `key` shared by every process using this storage.
 
-    SQLite: an flock on `<database>.lock` beside the file (SQLite storage is one machine's).
+    SQLite: an flock on the database file (SQLite storage is one machine's).
     PostgreSQL: a session advisory lock. Held for the few writes that must not interleave.
     """
     parsed = resolve_url(url)
@@ -256,8 +275,9 @@ def storage_lock(url: str | URL | None, key: str, timeout: float = 120.0) -> Ite
         if path is None:
             yield
             return
-        lock_path = path.with_name(path.name + ".lock")
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        # flock on the database file itself: independent of SQLite's own (fcntl) locks, and no
+        # extra file beside it. Creating the file here is what opening the storage would do next.
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             deadline = time.monotonic() + timeout
             while True:
@@ -266,7 +286,7 @@ def storage_lock(url: str | URL | None, key: str, timeout: float = 120.0) -> Ite
                     break
                 except BlockingIOError:
                     if time.monotonic() > deadline:
-                        raise StorageError(f"timed out waiting for the lock on {lock_path}") from None
+                        raise StorageError(f"timed out waiting for the lock on {path}") from None
                     time.sleep(0.05)
             yield
         finally:

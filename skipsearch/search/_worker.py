@@ -182,7 +182,6 @@ class _Worker:
         self.log = log
         self.db = Retrying(url, settings, log)
         self.report = WorkerReport()
-        self.last_recovery = -float("inf")
 
     # -- studies ---------------------------------------------------------------------------
 
@@ -205,6 +204,9 @@ class _Worker:
     def has_running(self, study: optuna.Study) -> bool:
         return bool(self.db(study.get_trials, deepcopy=False, states=(TrialState.RUNNING,)))
 
+    def has_queued(self, study: optuna.Study) -> bool:
+        return bool(self.db(study.get_trials, deepcopy=False, states=(TrialState.WAITING,)))
+
     # -- one trial -------------------------------------------------------------------------
 
     def run(self, names: Sequence[str] | None) -> WorkerReport:
@@ -213,9 +215,13 @@ class _Worker:
             self.report.studies = [s.study_name for s, _ in studies]
             waiting_on_others = False
             for study, config in studies:
+                self.sweep(study)
+                if not self.has_queued(study):
+                    waiting_on_others |= self.has_running(study)
+                    continue
+                # Resources are checked before claiming: a node with the wrong checkpoint takes nothing.
                 target = self.resources.target(config, study.user_attrs.get(SITES_ATTR))
                 scorer = self.resources.scorer(config, target)
-                self.sweep(study)
                 with _GATE.critical():
                     trial_id = self.db(claim, study)
                 if trial_id is not None:

@@ -1,0 +1,242 @@
+"""Bad input, as a user types it: one line that says what is wrong, exit code 2, no traceback,
+and nothing created or changed on disk. Each row was a traceback, a silent acceptance or a
+leaked password in an earlier version (issue 9) or is a long-standing case kept honest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_NET
+from edm_pickle_writer import write_pickle
+from helpers import tiny_config
+from typer.testing import CliRunner
+
+from skipsearch.cli import app
+from skipsearch.search import prepare_studies
+
+runner = CliRunner()
+SECRET = "s3cret-Pa55"
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path) -> Path:
+    """A folder with every kind of bad (and one good) input the rows below need."""
+    root = tmp_path_factory.mktemp("bad-input")
+    shutil.copy(tiny_checkpoint, root / "tiny.pt")
+    shutil.copy(tiny_checkpoint.with_suffix(".json"), root / "tiny.json")
+    prepare_studies(f"sqlite:///{root / 'studies.db'}", [tiny_config(root / "tiny.pt", root)])
+
+    # A damaged database: a valid header, garbage where the tables are.
+    shutil.copy(root / "studies.db", root / "corrupt.db")
+    with open(root / "corrupt.db", "r+b") as f:
+        f.seek(4096)
+        f.write(os.urandom(8192))
+    (root / "garbage.db").write_bytes(b"this is not a database at all" * 10)
+
+    state = torch.load(tiny_checkpoint, weights_only=True)
+    state[next(k for k in state if k.endswith("weight"))].view(-1)[0] = float("nan")
+    torch.save(state, root / "nan.pt")
+    shutil.copy(tiny_checkpoint.with_suffix(".json"), root / "nan.json")
+
+    # A pickle whose tensor storage is a deflated zip: 100 MB of zeros in a few hundred kB.
+    blob = Path(root / "blob.zip")
+    with zipfile.ZipFile(blob, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        z.writestr("archive/data/0", bytes(100_000_000))
+
+    class Bomb:
+        def __reduce__(self):
+            return (torch.storage._load_from_bytes, (blob.read_bytes(),))
+
+    write_pickle({"ema": Bomb()}, root / "bomb.pkl")
+    blob.unlink()
+    (root / "trunc.pkl").write_bytes(b"\x80\x04\x95")
+
+    (root / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    (root / "notjson.json").write_text("{ not json")
+    (root / "wrong.json").write_text(json.dumps({"format": "something/else"}))
+    np.savez(root / "ref2048.npz", mu=np.zeros(2048), sigma=np.eye(2048))
+    entry = {"model": {"family": "edm", "name": "tiny", "sha256": "ab" * 32},
+             "solver": {"name": "euler", "nfe": 2}, "skips": {"count": 4, "order": "outermost-first"},
+             "rho": [0.5, 1, 1, 1], "sigma_range": None, "params": {}, "score": None, "baseline": None, "study": None}
+    (root / "other-net.json").write_text(json.dumps({"format": "skipsearch.schedules/v1",
+                                                      "created": "2026-11-28T00:00:00Z", "schedules": [entry]}))
+    (root / "empty").mkdir()
+    (root / "a-folder").mkdir()
+    return root
+
+
+def _snapshot(root: Path) -> dict[str, tuple[int, str]]:
+    out = {}
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            out[str(p.relative_to(root))] = (p.stat().st_mode, hashlib.sha256(p.read_bytes()).hexdigest())
+        else:
+            out[str(p.relative_to(root))] = (p.stat().st_mode, "dir")
+    return out
+
+
+DB = "sqlite:///studies.db"
+MINE = ["--checkpoint", "tiny.pt", "--study", "edm-tiny", "--samples", "24", "--ref", "builtin:edm-digits",
+        "--features", "skipsearch-digits", "--no-workers"]
+TINY = [*MINE, "--solver", "euler", "--nfe", "2"]
+
+CASES: list[tuple[str, list[str], str]] = [
+    # damaged or missing storage
+    ("status on a damaged database", ["status", "--storage", "sqlite:///corrupt.db"], "damaged"),
+    ("launch on a damaged database", ["launch", "--storage", "sqlite:///corrupt.db", *TINY], "damaged"),
+    ("worker on a damaged database", ["worker", "--storage", "sqlite:///corrupt.db"], "damaged"),
+    ("export from a damaged database", ["export", "-o", "out.json", "--storage", "sqlite:///corrupt.db"], "damaged"),
+    ("status on a non-database file", ["status", "--storage", "sqlite:///garbage.db"], "is not an SQLite database"),
+    ("status without storage", ["status", "--storage", "sqlite:///nothing.db"], "no skipsearch storage"),
+    ("worker without storage", ["worker", "--storage", "sqlite:///nothing.db"], "no skipsearch storage"),
+    ("export without storage", ["export", "-o", "out.json", "--storage", "sqlite:///nothing.db"], "no skipsearch storage"),
+    ("dashboard without storage", ["dashboard", "--storage", "sqlite:///nothing.db"], "no skipsearch storage"),
+    ("storage in a missing folder", ["launch", "--storage", "sqlite:///nowhere/s.db", *TINY], "does not exist"),
+    ("storage that is a folder", ["status", "--storage", "sqlite:///a-folder"], "is a folder"),
+    ("not a URL", ["status", "--storage", "not a url"], "not a database URL"),
+    ("unsupported database", ["status", "--storage", "ftp://host/x"], "unsupported storage"),
+    ("a URL without //, password inside", ["status", "--storage", f"postgresql:/user:{SECRET}@host/db"],
+     "not a database URL"),
+    ("unreachable server, password with /", ["status", "--storage", f"postgresql://u:p/w:{SECRET}@127.0.0.1:1/db"],
+     "cannot open storage"),
+    ("unreachable server, password with @", ["status", "--storage", f"postgresql://u:p@{SECRET}@127.0.0.1:1/db"],
+     "cannot open storage"),
+    ("unreachable server for launch", ["launch", "--storage", f"postgresql://u:{SECRET}:x@127.0.0.1:1/db", *TINY],
+     "cannot open storage"),
+    # launch options
+    ("absurd rho bounds", ["launch", "--storage", DB, "--rho-bounds", "1", "1e30", *TINY], "rho bounds must satisfy"),
+    ("zero rho bound", ["launch", "--storage", DB, "--rho-bounds", "0", "1", *TINY], "rho bounds must satisfy"),
+    ("reversed rho bounds", ["launch", "--storage", DB, "--rho-bounds", "1.2", "0.5", *TINY], "low < high"),
+    ("non-finite rho bound", ["launch", "--storage", DB, "--rho-bounds", "0.5", "inf", *TINY], "finite"),
+    ("curve bounds too wide", ["launch", "--storage", DB, "--curve-bounds", "-10", "10", *TINY], "curve bounds"),
+    ("heun at an even NFE", ["launch", "--storage", DB, *MINE, "--solver", "heun", "--nfe", "10"],
+     "nearest valid: 9 or 11"),
+    ("unknown solver", ["launch", "--storage", DB, *TINY, "--solver", "rk45"], "unknown solver 'rk45'"),
+    ("unknown space", ["launch", "--storage", DB, *TINY, "--space", "spiral"], "unknown search space"),
+    ("unknown sampler", ["launch", "--storage", DB, *TINY, "--sampler", "cma"], "unknown sampler"),
+    ("unknown feature extractor", ["launch", "--storage", DB, *TINY, "--features", "nope"],
+     "unknown feature extractor"),
+    ("one sample", ["launch", "--storage", DB, *TINY, "--samples", "1"], "at least 2"),
+    ("no trials", ["launch", "--storage", DB, *TINY, "--trials", "0"], "--trials must be at least 1"),
+    ("batch size zero", ["launch", "--storage", DB, *TINY, "--batch-size", "0"], "--batch-size must be at least 1"),
+    ("NFE list with a word", ["launch", "--storage", DB, *TINY, "--nfe", "3", "x"], "unexpected argument"),
+    ("NFE given twice", ["launch", "--storage", DB, *TINY, "--nfe", "2", "2"], "lists a value twice"),
+    ("unknown model", ["launch", "--storage", DB, "--model", "sdxl", "--no-workers"], "unknown model 'sdxl'"),
+    ("missing checkpoint", ["launch", "--storage", DB, *TINY, "--checkpoint", "missing.pt"], "no such file"),
+    ("checkpoint without --ref", ["launch", "--storage", DB, "--checkpoint", "tiny.pt", "--no-workers"],
+     "--ref is required"),
+    ("preset for another network", ["launch", "--storage", DB, "--preset", "edm-imagenet64-heun", "--no-workers"],
+     "give --checkpoint FILE"),
+    ("unknown preset", ["launch", "--storage", DB, "--preset", "nope", "--no-workers"], "unknown study preset"),
+    ("reference of the wrong dimension", ["launch", "--storage", DB, *TINY, "--ref", "ref2048.npz"],
+     "reference has 2048-dim statistics"),
+    ("NaN checkpoint", ["launch", "--storage", DB, *TINY, "--checkpoint", "nan.pt", "--study", "nan"],
+     "non-finite output"),
+    ("decompression bomb", ["sites", "--checkpoint", "bomb.pkl"], "refusing a compressed tensor storage"),
+    ("truncated pickle", ["sites", "--checkpoint", "trunc.pkl"], "not a readable EDM checkpoint"),
+    ("GPUs that are not there", ["launch", "--storage", DB, *TINY, "--workers", "--gpus", "0,1"], "visible GPU"),
+    ("an NFE that is not a number", ["launch", "--storage", DB, *MINE, "--nfe", "ten"], "Invalid value for '--nfe'"),
+    ("an unknown option", ["status", "--colour"], "No such option"),
+    ("an unknown command", ["lunch"], "No such command"),
+    ("different config, same study", ["launch", "--storage", DB, *TINY, "--samples", "30"],
+     "different evaluation config"),
+    ("worker for a missing study", ["worker", "--storage", DB, "--study", "nope/euler/nfe1"], "no study named"),
+    # exports and files
+    ("export to a folder", ["export", "-o", "a-folder", "--storage", DB], "is a folder"),
+    ("export into a missing folder", ["export", "-o", "nowhere/out.json", "--storage", DB], "does not exist"),
+    ("export with nothing finished", ["export", "-o", "out.json", "--storage", DB], "no studies with a completed trial"),
+    ("validate deeply nested JSON", ["validate", "deep.json"], "nested too deeply"),
+    ("validate something else", ["validate", "wrong.json"], "not a skipsearch schedules file"),
+    ("validate not JSON", ["validate", "notjson.json"], "is not valid JSON"),
+    ("validate a missing file", ["validate", "nope.json"], "does not exist"),
+    ("score a schedule of another checkpoint", ["score", "--checkpoint", "tiny.pt", "--schedule", "other-net.json",
+                                                "--samples", "4"], "different checkpoint"),
+    ("score with one sample", ["score", "--nfe", "4", "--samples", "1"], "--samples must be at least 2"),
+    ("sample zero images", ["sample", "--nfe", "4", "--count", "0"], "--count must be at least 1"),
+    ("sample at an impossible NFE", ["sample", "--solver", "heun", "--nfe", "10", "--count", "1"],
+     "nearest valid"),
+    ("sample into a folder", ["sample", "--nfe", "2", "--count", "1", "-o", "a-folder"], "is a folder"),
+    ("reference of an empty folder", ["reference", "empty", "-o", "ref.npz", "--features", "skipsearch-digits"],
+     "no images"),
+    ("reference into a missing folder", ["reference", "empty", "-o", "nowhere/ref.npz"], "does not exist"),
+]
+
+
+@pytest.mark.parametrize("name, args, needle", CASES, ids=[c[0] for c in CASES])
+def test_bad_input(name: str, args: list[str], needle: str, work: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(work)
+    monkeypatch.delenv("SKIPSEARCH_STORAGE", raising=False)
+    before = _snapshot(work)
+    result = runner.invoke(app, args)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.exit_code == 2, (result.stdout, result.stderr)
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert needle in lines[0], lines[0]
+    assert "Traceback" not in result.output and SECRET not in result.output
+    assert _snapshot(work) == before, "a failed command changed the folder"
+
+
+def test_matrix_is_large_enough() -> None:
+    assert len(CASES) >= 40
+
+
+@contextmanager
+def read_only(folder: Path) -> Iterator[None]:
+    """A folder nobody can write, root included (root ignores permission bits: make it immutable)."""
+    if os.geteuid() == 0:
+        if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode != 0:
+            pytest.skip("cannot make a folder read-only for root here (chattr +i failed)")
+        try:
+            yield
+        finally:
+            subprocess.run(["chattr", "-i", str(folder)], check=True)
+        return
+    os.chmod(folder, 0o555)
+    try:
+        yield
+    finally:
+        os.chmod(folder, 0o755)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["launch", "--storage", "sqlite:///ro/studies.db", *TINY], "read-only folder"),
+    (["status", "--storage", "sqlite:///ro/missing.db"], "no skipsearch storage"),
+    (["export", "-o", "ro/out.json", "--storage", DB], "permission denied"),
+    (["sample", "--nfe", "2", "--count", "1", "-o", "ro/grid.png"], "permission denied"),
+    (["reference", "empty", "-o", "ro/ref.npz", "--features", "skipsearch-digits"], "permission denied"),
+])
+def test_read_only_folders(args: list[str], needle: str, work: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ro = work / "ro"
+    ro.mkdir(exist_ok=True)
+    if not (ro / "studies.db").exists():
+        shutil.copy(work / "studies.db", ro / "studies.db")
+    monkeypatch.chdir(work)
+    with read_only(ro):
+        before = _snapshot(work)
+        result = runner.invoke(app, args)
+        after = _snapshot(work)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.exit_code == 2, (result.stdout, result.stderr)
+    assert len(lines) == 1 and needle in lines[0], result.stderr
+    assert after == before
+
+
+def test_the_corrupt_database_really_is(work: Path) -> None:
+    """Guards the fixture: the damaged file must fail in SQLite itself, or the rows above prove nothing."""
+    with pytest.raises(sqlite3.DatabaseError):
+        with sqlite3.connect(work / "corrupt.db") as conn:
+            conn.execute("SELECT * FROM trials").fetchall()
+            conn.execute("PRAGMA integrity_check").fetchall()
