@@ -47,3 +47,48 @@ def test_sample_and_sites_work(tmp_path: Path) -> None:
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     result = runner.invoke(app, ["sites", "--checkpoint", REF])
     assert result.exit_code == 0 and "9 skip sites" in result.output
+
+
+def test_help_lists_commands_in_a_natural_order() -> None:
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    order = ["launch", "worker", "status", "export", "validate", "score", "sample", "dashboard", "presets", "sites",
+             "reference"]
+    positions = [result.output.index(f" {name} ") for name in order]
+    assert positions == sorted(positions)
+    assert " demo " not in result.output  # the build tooling is there, but hidden
+    assert runner.invoke(app, ["demo", "--help"]).exit_code == 0
+
+
+def test_presets_are_listed() -> None:
+    result = runner.invoke(app, ["presets"])
+    assert result.exit_code == 0
+    for name in ("demo", "edm-imagenet64-heun", "edm-imagenet64-multistep", "edm-afhqv2-64"):
+        assert name in result.output
+
+
+def _summary(name: str, baseline: float, best: float, noise: float):
+    from skipsearch.search import StudyConfig, StudySummary
+
+    config = StudyConfig()
+    return StudySummary(name=name, config=config, budget=20, complete=14, running=1, pruned=5, failed=0, retried=0,
+                        waiting=0, baseline=baseline, best=best, best_trial=7, best_params={"rho_top": 0.35},
+                        best_rho=None, best_sigma_range=None, images_per_s=80.0, noise=noise, trial_seconds=8.0)
+
+
+def test_the_fid_change_shows_at_80_columns() -> None:
+    from rich.console import Console
+
+    from skipsearch.cli._output import study_table
+
+    rows = [_summary("edm-imagenet-64x64-cond-adm/dpmpp_2m/nfe10", 24.09, 13.30, 4.6),
+            _summary("edm-digits/euler/nfe10", 24.09, 23.0, 4.6)]
+    for width in (60, 80, 120):
+        console = Console(width=width, record=True, force_terminal=False)
+        console.print(study_table(rows, width=width))
+        text = console.export_text()
+        assert max(len(line) for line in text.splitlines()) <= width
+        assert "FID change" in text and "−44.8%" in text and "−4.5%*" in text, text
+    wide = Console(width=120, record=True)
+    wide.print(study_table(rows, width=120))
+    assert "pruned" in wide.export_text()  # nothing dropped when there is room

@@ -165,7 +165,14 @@ def test_export_validate_load_round_trip(tiny_checkpoint: Path, tmp_path: Path) 
         with urllib.request.urlopen(f"{base}/api/meta", timeout=30) as r:
             assert r.status == 200
         with urllib.request.urlopen(f"{base}/api/studies", timeout=30) as r:
-            assert "edm-tiny/euler/nfe2" in r.read().decode()
+            listing = json.loads(r.read().decode())
+        [entry] = [s for s in listing["study_summaries"] if s["study_name"] == "edm-tiny/euler/nfe2"]
+        with urllib.request.urlopen(f"{base}/api/studies/{entry['study_id']}", timeout=30) as r:
+            detail = json.loads(r.read().decode())
+        # The dashboard names the metric and shows what the study searched and found.
+        assert detail["objective_names"] == ["proxy FID (24 samples)"]
+        note = detail["note"]["body"]
+        assert "edm-tiny/euler/nfe2" in note and "baseline (ρ = 1): FID" in note and "best: trial" in note
     finally:
         server.shutdown()
 
@@ -243,6 +250,8 @@ def test_a_finished_study_says_so_and_can_be_extended(tiny_checkpoint: Path, tmp
     first = runner.invoke(app, [*args, "--trials", "3"])
     assert first.exit_code == 0, first.output
     assert "created study edm-tiny/euler/nfe2 (3 trials)" in first.output
+    # Without a terminal, one plain line per finished trial (a log shows what happened, and when).
+    assert "edm-tiny/euler/nfe2 trial 0 complete: FID" in first.output
     again = runner.invoke(app, [*args, "--trials", "3"])
     assert again.exit_code == 0 and "is complete (3/3 trials)" in again.output and "--trials 6" in again.output
     more = runner.invoke(app, [*args, "--trials", "5"])
@@ -252,3 +261,11 @@ def test_a_finished_study_says_so_and_can_be_extended(tiny_checkpoint: Path, tmp
     states = [t.state for t in trials.get_trials(deepcopy=False)]
     assert len(states) == 5 and set(states) <= {TrialState.COMPLETE, TrialState.PRUNED}
     assert "5/5" in " ".join(more.output.split())
+
+
+def test_score_reports_progress_without_a_terminal(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["score", "--checkpoint", str(tiny_checkpoint), "--ref", "builtin:edm-digits",
+                                 "--features", "skipsearch-digits", "--nfe", "2", "--samples", "20", "--batch-size", "10"])
+    assert result.exit_code == 0, result.output
+    assert "euler NFE 2 baseline: 20/20 samples" in result.output
+    assert "proxy FID on seeds 100000..100019" in result.output

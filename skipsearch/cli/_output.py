@@ -76,25 +76,35 @@ _COLUMNS: list[tuple[str, str, Callable[[StudySummary], RenderableType]]] = [
     ("pruned", "right", lambda s: str(s.pruned)),
     ("failed", "right", lambda s: str(s.failed)),
 ]
-_DROP_ORDER = ["failed", "pruned", "run", "baseline"]
+_DROP_ORDER = ["failed", "pruned", "run", "baseline", "trials", "best"]
+
+
+def _build(summaries: Sequence[StudySummary], columns: list, title: str | None, study_width: int | None) -> Table:
+    table = Table(title=title, title_justify="left")
+    for name, justify, _ in columns:
+        table.add_column(name, justify=justify, no_wrap=True, overflow="ellipsis",  # type: ignore[arg-type]
+                         max_width=study_width if name == "study" else None)
+    for s in summaries:
+        table.add_row(*(cell(s) for _, _, cell in columns))
+    return table
 
 
 def study_table(summaries: Sequence[StudySummary], title: str | None = None, width: int | None = None) -> Table:
-    """The studies' table, dropping the least important columns until it fits `width`."""
+    """The studies' table: the least important columns go first when the terminal is narrow, the
+    study name is shortened last, and the FID change always shows."""
     width = width or console.width
-    columns = [c for c in _COLUMNS]
+    columns = list(_COLUMNS)
     while True:
-        table = Table(title=title, title_justify="left")
-        for name, justify, _ in columns:
-            table.add_column(name, justify=justify, no_wrap=True, overflow="ellipsis")  # type: ignore[arg-type]
-        for s in summaries:
-            table.add_row(*(cell(s) for _, _, cell in columns))
+        table = _build(summaries, columns, title, None)
         needed = Measurement.get(console, console.options.update(width=10_000), table).maximum
-        droppable = [c for c in columns if c[0] in _DROP_ORDER]
-        if needed <= width or not droppable:
+        if needed <= width:
             return table
-        drop = min(droppable, key=lambda c: _DROP_ORDER.index(c[0]))
-        columns.remove(drop)
+        droppable = [c for c in columns if c[0] in _DROP_ORDER]
+        if not droppable:
+            break
+        columns.remove(min(droppable, key=lambda c: _DROP_ORDER.index(c[0])))
+    longest = max([len("study")] + [len(s.name) + (6 if s.done else 0) for s in summaries])
+    return _build(summaries, columns, title, max(8, longest - (needed - width)))
 
 
 def best_lines(summaries: Sequence[StudySummary]) -> list[str]:
