@@ -84,7 +84,8 @@ def test_three_workers_lose_two_and_the_budget_is_exact(sig: int, tiny_checkpoin
         assert all("worker lost" in t.user_attrs["fail_reason"] for t in lost)
 
 
-def test_sigterm_stops_a_worker_within_seconds(tiny_checkpoint: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_stops_a_worker_within_seconds(sig: int, tiny_checkpoint: Path, tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 't.db'}"
     [p] = prepare_studies(url, [_slow_config(tiny_checkpoint, tmp_path, trials=6, samples=4000)])
     name = p.config.study_name
@@ -94,8 +95,8 @@ def test_sigterm_stops_a_worker_within_seconds(tiny_checkpoint: Path, tmp_path: 
         import time
 
         start = time.monotonic()
-        w.process.send_signal(signal.SIGTERM)
-        assert w.process.wait(timeout=30) == 128 + signal.SIGTERM
+        w.process.send_signal(sig)
+        assert w.process.wait(timeout=30) == 128 + sig
         assert time.monotonic() - start < 10
     finally:
         if w.process.poll() is None:
@@ -103,8 +104,10 @@ def test_sigterm_stops_a_worker_within_seconds(tiny_checkpoint: Path, tmp_path: 
     trials = trials_of(url, name)
     assert not [t for t in trials if t.state == TrialState.RUNNING]  # failed and re-queued, not left behind
     [lost] = [t for t in trials if t.state == TrialState.FAIL]
-    assert lost.user_attrs["fail_reason"] == "interrupted by SIGTERM"
+    assert lost.user_attrs["fail_reason"] == f"interrupted by {signal.Signals(sig).name}"
     assert [t.state for t in trials if t.user_attrs.get("retry_of") == lost.number] == [TrialState.WAITING]
+    log = w.log.read_text()
+    assert "Traceback" not in log and f"worker stopped by {signal.Signals(sig).name}" in log
 
 
 def test_four_workers_run_exactly_the_budget_without_repeats(pg_url: str, tiny_checkpoint: Path, tmp_path: Path) -> None:

@@ -81,8 +81,13 @@ def test_two_worker_processes_share_a_study(storage_url: str, tiny_checkpoint: P
     assert baseline.params == {"rho_top": 1.0, "rho_bottom": 1.0, "curve": 0.0}
     assert set(baseline.user_attrs["fid_steps"]) == {"12", "24"}
     assert {"rho", "samples", "seconds", "images_per_s", "device"} <= set(baseline.user_attrs)
-    # Both processes did work: each trial records the host, pid and device that ran it.
+    # Both processes did work: each trial records the host, pid and device that ran it, and each
+    # worker counts its own trials.
     assert len({t.user_attrs["worker"] for t in finished}) == 2
+    import re
+
+    counts = [int(re.search(r"worker done: (\d+) trial", w.log.read_text()).group(1)) for w in workers]
+    assert sum(counts) == config.trials and min(counts) >= 1
 
 
 def test_refuses_a_different_config(tiny_checkpoint: Path, tmp_path: Path) -> None:
@@ -269,3 +274,12 @@ def test_score_reports_progress_without_a_terminal(tiny_checkpoint: Path, tmp_pa
     assert result.exit_code == 0, result.output
     assert "euler NFE 2 baseline: 20/20 samples" in result.output
     assert "proxy FID on seeds 100000..100019" in result.output
+
+
+def test_the_paper_point_only_inside_the_bounds(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'b.db'}"
+    [inside] = prepare_studies(url, [_config(tiny_checkpoint, tmp_path, model_name="a")])
+    [outside] = prepare_studies(url, [_config(tiny_checkpoint, tmp_path, model_name="b", rho_bounds=[0.85, 1.1])])
+    kinds = lambda p: [t.user_attrs[KIND_ATTR] for t in p.study.get_trials(deepcopy=False)]  # noqa: E731
+    assert kinds(inside) == ["baseline", "paper"] + ["search"] * 4
+    assert kinds(outside) == ["baseline"] + ["search"] * 5  # ρ_bottom 0.8 is outside [0.85, 1.1]
