@@ -58,12 +58,17 @@ def _watch_process_list(proc: subprocess.Popen[str], needle: str = " -m skipsear
 
 @pytest.mark.parametrize("password", PASSWORDS, ids=["slash", "at", "colon-at-slash"])
 def test_errors_mask_every_password(password: str, pg_url: str, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from skipsearch.cli import app
+
     url = _with_password(pg_url, password)
-    empty = _run(["status", "--storage", url], tmp_path)  # reachable, but holds no studies
-    unreachable = _run(["status", "--storage", url.replace(":5432/", ":1/")], tmp_path)
+    runner = CliRunner()
+    empty = runner.invoke(app, ["status", "--storage", url])  # reachable, but holds no studies
+    unreachable = runner.invoke(app, ["status", "--storage", url.replace(":5432/", ":1/")])
     for result, needle in ((empty, "no skipsearch studies"), (unreachable, "cannot open storage")):
-        assert result.returncode == 2 and needle in result.stderr, result.stderr
-        assert SECRET not in result.stdout + result.stderr and "postgres:***@" in result.stderr
+        assert result.exit_code == 2 and needle in result.stderr, result.stderr
+        assert SECRET not in result.output and "postgres:***@" in result.stderr
 
 
 def test_password_never_printed_or_listed(pg_url: str, tiny_checkpoint: Path, tmp_path: Path) -> None:
