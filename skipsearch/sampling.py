@@ -3,13 +3,14 @@
 Sample j is fully determined by its seed: one torch.Generator per seed (seeded with seed mod 2³²)
 draws the [C,H,W] latent and then, for conditional networks, the class label — so batching never
 changes an image, and two trials with different schedules see the same noise (common random
-numbers). Solver state stays in float64; the network runs in float32 (or bf16 under autocast).
+numbers). Solver state stays in float64; the network runs in float32, or in half precision on a
+GPU (EDM's own fp16 path, or autocast around each network call).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Literal
 
 import torch
@@ -20,9 +21,47 @@ from .schedule import SkipSchedule
 from .skiptune import skip_tuned
 from .solvers import edm_sigmas, get_solver, solve
 
-__all__ = ["sample", "iter_samples", "seed_latents", "to_uint8", "make_sigmas", "Precision"]
+__all__ = ["sample", "iter_samples", "seed_latents", "to_uint8", "make_sigmas", "Precision", "PRECISIONS",
+           "resolve_precision"]
 
-Precision = Literal["fp32", "bf16"]
+Precision = Literal["fp32", "bf16", "fp16"]
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def resolve_precision(precision: str, net: nn.Module, device: str | torch.device) -> Precision:
+    """`auto`: half precision on a GPU — fp16 through the network's own path where it has one
+    (EDM runs its ADM/DDPM++ networks in fp16 itself), else bf16 — and fp32 on the CPU, where half
+    precision is slower, not faster."""
+    if precision != "auto":
+        if precision not in PRECISIONS:
+            raise UsageError(f"precision must be auto, {', '.join(PRECISIONS)}; not {precision!r}")
+        return precision  # type: ignore[return-value]
+    if torch.device(device).type != "cuda":
+        return "fp32"
+    return "fp16" if hasattr(net, "use_fp16") else "bf16"
+
+
+@contextmanager
+def _native_fp16(net: nn.Module, precision: Precision, device: torch.device) -> Iterator[bool]:
+    """EDMPrecond's own fp16 path (fp32 weights, fp16 activations), as EDM itself samples; yields
+    whether it is in use (else half precision comes from autocast around each call)."""
+    if precision == "fp16" and device.type == "cuda" and hasattr(net, "use_fp16"):
+        previous = net.use_fp16
+        net.use_fp16 = True
+        try:
+            yield True
+        finally:
+            net.use_fp16 = previous
+    else:
+        yield False
+
+
+def _call_context(precision: Precision, native: bool, device: torch.device) -> AbstractContextManager[object]:
+    """Autocast around one network call only, so nothing else (feature extraction between batches)
+    runs in half precision."""
+    if precision == "fp32" or native:
+        return nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
 def seed_latents(
@@ -93,7 +132,7 @@ def iter_samples(
     sigmas: torch.Tensor | None = None,
     time_exponent: float = 7.0,
     precision: Precision = "fp32",
-    channels_last: bool = False,
+    channels_last: bool | None = None,
 ) -> Iterator[tuple[Sequence[int], torch.Tensor]]:
     """Yield (seeds, x) batch by batch; x is the solver's final float64 output, unclipped.
 
@@ -102,27 +141,28 @@ def iter_samples(
     """
     if batch_size < 1:
         raise UsageError(f"batch_size must be at least 1, got {batch_size}")
-    if precision not in ("fp32", "bf16"):
-        raise UsageError(f"precision must be 'fp32' or 'bf16', not {precision!r}")
+    if precision not in PRECISIONS:
+        raise UsageError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     device = torch.device(device)
     if sigmas is None:
         sigmas = make_sigmas(net, solver, nfe, time_exponent=time_exponent, device=device)
     label_dim = int(getattr(net, "label_dim", 0))
     shape = [int(net.img_channels), int(net.img_resolution), int(net.img_resolution)]
-    autocast = precision == "bf16"
+    if channels_last is None:  # by default where it pays: convolutions on a GPU
+        channels_last = device.type == "cuda"
     memory_format = torch.channels_last if channels_last and device.type == "cuda" else torch.contiguous_format
     if memory_format is torch.channels_last:
         net = net.to(memory_format=torch.channels_last)
 
     seeds = list(seeds)
-    with torch.inference_mode(), skip_tuned(net, schedule):
+    with torch.inference_mode(), skip_tuned(net, schedule), _native_fp16(net, precision, device) as native:
         for start in range(0, len(seeds), batch_size):
             batch = seeds[start : start + batch_size]
             latents, drawn = seed_latents(batch, shape, label_dim, device)
             labels = _labels_for(class_labels, drawn, start, start + len(batch), label_dim)
 
             def denoise(x: torch.Tensor, sigma: float, labels: torch.Tensor | None = labels) -> torch.Tensor:
-                with torch.autocast(device.type, dtype=torch.bfloat16) if autocast else nullcontext():
+                with _call_context(precision, native, device):
                     out = net(x.to(memory_format=memory_format), sigma, labels)
                 return out.to(torch.float64)
 
@@ -142,7 +182,7 @@ def sample(
     sigmas: torch.Tensor | None = None,
     time_exponent: float = 7.0,
     precision: Precision = "fp32",
-    channels_last: bool = False,
+    channels_last: bool | None = None,
 ) -> torch.Tensor:
     """All samples for `seeds` as one float64 tensor [N,C,H,W] in data space (nominally [-1, 1])."""
     batches = iter_samples(

@@ -18,9 +18,10 @@ from torch import nn
 from .errors import CheckpointError, ScheduleFileError
 from .models.builtin import BUILTIN_PREFIX, builtin_info
 from .models.loading import checkpoint_sha256, load_network, model_choices, model_name, resolve_model_source
+from .sampling import resolve_precision
 from .schedule import SkipSchedule, SkipSite
 from .schedule_file import ScheduleDocument, ScheduleEntry
-from .skiptune import skip_sites
+from .skiptune import find_unet, skip_sites
 
 __all__ = ["Target", "load_target", "resolve_source", "source_name", "source_sha256", "model_choices", "BUILTIN_PREFIX"]
 
@@ -65,6 +66,24 @@ class Target:
     @property
     def resolution(self) -> int:
         return int(self.net.img_resolution)
+
+    def precision(self, requested: str, device: str | torch.device) -> str:
+        """The precision this network samples in on `device` (`auto` resolved; see sampling)."""
+        return resolve_precision(requested, self.net, device)
+
+    def compile(self, backend: str = "inductor") -> None:
+        """torch.compile each encoder and decoder block's own forward, leaving the skip-scaling
+        hooks (which run in the block's call, outside its forward) eager: the compiled graphs serve
+        every schedule, so a search compiles once (minutes, up front) and never again."""
+        import torch._dynamo
+
+        unet = find_unet(self.net)
+        blocks = [b for b in [*unet.enc.values(), *unet.dec.values()] if not getattr(b, "_skipsearch_compiled", False)]
+        # One cache entry per block instance at most: keep Dynamo from giving up after the default 8.
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, len(blocks) + 8)
+        for block in blocks:
+            block.forward = torch.compile(block.forward, dynamic=False, backend=backend)
+            block.__dict__["_skipsearch_compiled"] = True
 
     def check_finite(self, sigma: float = 1.0) -> None:
         """One untuned evaluation on seeded noise: a damaged checkpoint (NaN or infinite weights)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -32,6 +33,8 @@ __all__ = ["launch", "worker"]
 HeartbeatOpt = Annotated[float, typer.Option(help="Seconds between a running trial's heartbeats.")]
 GraceOpt = Annotated[float, typer.Option(help="Seconds without a heartbeat before a trial is re-queued.")]
 OutageOpt = Annotated[float, typer.Option(help="Seconds a worker waits out an unreachable database before it stops.")]
+CompileOpt = Annotated[bool, typer.Option("--compile", help="torch.compile the network's blocks (minutes up front; "
+                                                             "pays off in long GPU searches).")]
 
 
 def _nfe_list(nfe: list[int] | None, extra: list[str]) -> list[int] | None:
@@ -70,6 +73,7 @@ def launch(
     heartbeat: HeartbeatOpt = 60.0,
     grace: GraceOpt = 300.0,
     outage_limit: OutageOpt = 600.0,
+    compile: CompileOpt = False,
 ) -> None:
     """Create one study per NFE and run local workers until the budgets are met."""
     configs = StudyConfig.from_preset(
@@ -100,7 +104,7 @@ def launch(
         console.print("no local workers (--no-workers): start them with `skipsearch worker` on any node")
         return
     log_dir = Path(prepared[0].config.artifacts) / "logs"
-    procs = spawn_workers(url, names, devices, log_dir, settings)
+    procs = spawn_workers(url, names, devices, log_dir, settings, compile=compile)
     console.print(f"{len(procs)} worker(s) on {', '.join(p.device for p in procs)}; logs in {log_dir}")
     codes: list[int | None] = []
     with signals_interrupt():
@@ -116,7 +120,7 @@ def launch(
     failed = [(p, c) for p, c in zip(procs, codes) if c not in (0, None)]
     if failed:
         p, code = failed[0]
-        tail = p.log.read_text(errors="replace").strip().splitlines()[-1:] if p.log.exists() else []
+        tail = p.log.read_text(errors="replace").strip().splitlines()[-1:] if p.log and p.log.exists() else []
         raise UsageError(f"worker {p.index} exited with code {code}: {' '.join(tail) or 'see ' + str(p.log)}")
 
 
@@ -142,7 +146,8 @@ def _follow(url: object, names: list[str], procs: list, settings: StorageSetting
 def worker(
     study: Annotated[Optional[list[str]], typer.Option("--study", help="Study to join (default: all unfinished).")] = None,
     storage: StorageOpt = None,
-    device: Annotated[str, typer.Option(help="auto (GPU 0 if any, else the CPU), cpu, cuda, cuda:1, ...")] = "auto",
+    device: Annotated[str, typer.Option(help="auto (one worker per visible GPU, else the CPU), cpu, cuda:1, ...")] = "auto",
+    gpus: Annotated[Optional[str], typer.Option(help="With --device auto: all, or GPU indices like 0,1.")] = None,
     checkpoint: CheckpointOpt = None,
     ref: Annotated[Optional[str], typer.Option("--ref", help="This node's path to the study's reference .npz.")] = None,
     features_weights: FeaturesWeightsOpt = None,
@@ -150,18 +155,23 @@ def worker(
     heartbeat: HeartbeatOpt = 60.0,
     grace: GraceOpt = 300.0,
     outage_limit: OutageOpt = 600.0,
+    compile: CompileOpt = False,
 ) -> None:
-    """Join existing studies and run their queued trials until none is left."""
-    if device == "auto":
-        device = worker_devices("auto")[0].replace("cuda:0", "cuda")
-    overrides = dict(checkpoint=str(checkpoint) if checkpoint else None, reference=ref,
-                     features_weights=features_weights, artifacts=str(artifacts) if artifacts else None)
+    """Join existing studies and run their queued trials until none is left (one process per GPU)."""
+    devices = worker_devices(device, gpus)
     settings = StorageSettings(heartbeat_interval=heartbeat, grace_period=grace, outage_limit=outage_limit)
     url = resolve_url(storage)
+    if len(devices) > 1:
+        _supervise(url, study or [], devices, settings, checkpoint, ref, features_weights, artifacts, compile)
+        return
+    overrides = dict(checkpoint=str(checkpoint) if checkpoint else None, reference=ref,
+                     features_weights=features_weights, artifacts=str(artifacts) if artifacts else None)
     with signals_interrupt():
         try:
-            report = run_worker(url, study, device=device, overrides=overrides, settings=settings,
-                                log=lambda m: console.print(m, highlight=False, soft_wrap=True))
+            prefix = os.environ.get("SKIPSEARCH_LOG_PREFIX", "")
+            report = run_worker(url, study, device=devices[0], overrides=overrides, settings=settings,
+                                log=lambda m: console.print(prefix + m, highlight=False, soft_wrap=True),
+                                compile=compile)
         except Interrupted as stop:
             err_console.print(f"[yellow]worker stopped by {stop}; its running trial was re-queued[/yellow]")
             raise typer.Exit(128 + stop.signum) from None
@@ -171,3 +181,29 @@ def worker(
         return
     console.print(f"worker done: {report.ran} trial(s) run by this worker ({outcomes})")
     print_status(url, report.studies)
+
+
+def _supervise(url: object, names: list[str], devices: list[str], settings: StorageSettings,
+               checkpoint: Optional[Path], ref: Optional[str], features_weights: Optional[str],
+               artifacts: Optional[Path], compile: bool) -> None:
+    """One worker process per GPU of this node, pinned with CUDA_VISIBLE_DEVICES; their output is
+    this command's output; signals reach all of them."""
+    extra = []
+    for flag, value in (("--checkpoint", checkpoint), ("--ref", ref), ("--features-weights", features_weights),
+                        ("--artifacts", artifacts)):
+        if value is not None:
+            extra += [flag, str(value)]
+    procs = spawn_workers(url, names, devices, None, settings, extra_args=extra, compile=compile)  # type: ignore[arg-type]
+    console.print(f"{len(procs)} worker(s) on {', '.join(p.device for p in procs)}")
+    with signals_interrupt():
+        try:
+            codes = [p.process.wait() for p in procs]
+        except Interrupted as stop:
+            err_console.print(f"[yellow]{stop}: stopping workers; their running trials are re-queued[/yellow]")
+            stop_workers(procs)
+            raise typer.Exit(128 + stop.signum) from None
+        finally:
+            stop_workers(procs)
+    failed = [c for c in codes if c != 0]
+    if failed:
+        raise typer.Exit(failed[0] if 0 < failed[0] < 256 else 1)

@@ -87,7 +87,7 @@ class StudyConfig:
     features_weights: str | None = None
     reference: str = "builtin:edm-digits"
     reference_sha256: str = ""
-    precision: str = "fp32"
+    precision: str = "auto"  # auto: half precision on a GPU, fp32 on the CPU (see sampling.resolve_precision)
     batch_size: int = 250
     space: str = "linear"
     rho_bounds: tuple[float, float] = (0.3, 1.1)
@@ -125,8 +125,8 @@ class StudyConfig:
         SPACES.lookup(self.space)
         SAMPLERS.lookup(self.sampler)
         PRUNERS.lookup(self.pruner)
-        if self.precision not in ("fp32", "bf16"):
-            raise ConfigError(f"precision must be fp32 or bf16, not {self.precision!r}")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise ConfigError(f"precision must be auto, fp32, bf16 or fp16, not {self.precision!r}")
         if not 2 <= self.samples <= MAX_SAMPLES:
             raise ConfigError(f"--samples must be at least 2 (FID needs a covariance) and at most {MAX_SAMPLES:,}, got {self.samples}")
         if self.trials < 1:

@@ -93,7 +93,7 @@ class WorkerProcess:
     index: int
     device: str
     process: subprocess.Popen[bytes]
-    log: Path
+    log: Path | None  # None: its output is its parent's
 
 
 def _die_with_parent() -> None:
@@ -108,11 +108,16 @@ def spawn_workers(
     storage_url: str | URL | None,
     study_names: Sequence[str],
     devices: Sequence[str],
-    log_dir: Path,
+    log_dir: Path | None,
     settings: StorageSettings = StorageSettings(),
+    extra_args: Sequence[str] = (),
+    compile: bool = False,
 ) -> list[WorkerProcess]:
+    """One `python -m skipsearch worker` per device; output to `log_dir/worker-N.log`, or (None)
+    to this process's own output, each line prefixed by the worker's GPU."""
     url = resolve_url(storage_url)
-    log_dir.mkdir(parents=True, exist_ok=True)
+    if log_dir is not None:
+        log_dir.mkdir(parents=True, exist_ok=True)
     workers = []
     cpu_workers = sum(1 for d in devices if d == "cpu")
     for index, device in enumerate(devices):
@@ -128,6 +133,12 @@ def spawn_workers(
                "--outage-limit", str(settings.outage_limit)]
         for name in study_names:
             cmd += ["--study", name]
+        cmd += list(extra_args) + (["--compile"] if compile else [])
+        if log_dir is None:
+            env["SKIPSEARCH_LOG_PREFIX"] = f"[{device}] "
+            proc = subprocess.Popen(cmd, env=env, preexec_fn=_die_with_parent)
+            workers.append(WorkerProcess(index, device, proc, None))
+            continue
         log = log_dir / f"worker-{index}.log"
         with open(log, "ab") as out:
             proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)

@@ -74,6 +74,7 @@ def evaluate(
     scorer: ProxyFID,
     schedule: SkipSchedule,
     *,
+    precision: str = "fp32",
     seeds: range | None = None,
     steps: list[int] | None = None,
     record: Evaluation | None = None,
@@ -99,7 +100,7 @@ def evaluate(
     for n, fid in scorer.iter_fid(
         target.net, seeds, solver=config.solver, nfe=config.nfe, schedule=schedule,
         steps=steps if steps is not None else config.steps, batch_size=config.batch_size,
-        precision=config.precision,  # type: ignore[arg-type]
+        precision=precision,  # type: ignore[arg-type]
         time_exponent=config.time_exponent, on_images=on_images, on_samples=guard, progress=count,
     ):
         if not math.isfinite(fid):

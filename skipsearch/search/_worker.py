@@ -136,6 +136,7 @@ class _Resources:
 
     device: str
     overrides: dict[str, str | None]
+    compile: bool = False
     targets: dict[str, Target] = field(default_factory=dict)
     scorers: dict[tuple[str, str, str], ProxyFID] = field(default_factory=dict)
 
@@ -148,6 +149,8 @@ class _Resources:
                     "give this worker the same file with --checkpoint"
                 )
             self.targets[source] = load_target(source, self.device)
+            if self.compile:
+                self.targets[source].compile()
         target = self.targets[source]
         if expected_sites is not None and expected_sites != len(target.sites):
             raise StudyError(f"study {config.study_name!r} expects {expected_sites} skip sites, "
@@ -171,9 +174,12 @@ def _params_text(params: dict[str, Any]) -> str:
     return " ".join(f"{k}={v:.3g}" for k, v in params.items())
 
 
+Evaluate = Callable[..., Iterator[tuple[int, float]]]
+
+
 class _Worker:
     def __init__(self, url: URL, storage: RDBStorage, settings: StorageSettings, identity: WorkerIdentity,
-                 resources: _Resources, log: Log) -> None:
+                 resources: _Resources, log: Log, evaluate: Evaluate = evaluate) -> None:
         self.url = url
         self.storage = storage
         self.settings = settings
@@ -182,6 +188,7 @@ class _Worker:
         self.log = log
         self.db = Retrying(url, settings, log)
         self.report = WorkerReport()
+        self.evaluate = evaluate
 
     # -- studies ---------------------------------------------------------------------------
 
@@ -266,19 +273,21 @@ class _Worker:
         params = db(suggest_params, trial, config, target.sites)
         schedule = SPACES.lookup(config.space).schedule(params, config, target.sites)
         kind = trial.user_attrs.get(KIND_ATTR, "search")
-        db(self._set_attrs, trial, {"rho": list(schedule.rho), "worker": self.identity.label,
+        precision = target.precision(config.precision, self.resources.device)
+        db(self._set_attrs, trial, {"rho": list(schedule.rho), "worker": self.identity.label, "precision": precision,
                                     "device": f"{self.identity.host}:{self.identity.device}",
                                     "sigma_range": list(schedule.sigma_range) if schedule.sigma_range else None})
         record, grid = Evaluation(), SampleGrid()
         progress = self._progress_writer(trial)
         final = config.steps[-1]
-        for n, fid in evaluate(config, target, scorer, schedule, record=record, on_images=grid, progress=progress):
+        for n, fid in self.evaluate(config, target, scorer, schedule, precision=precision, record=record,
+                                    on_images=grid, progress=progress):
             db(trial.report, fid, n)
             if n < final and db(trial.should_prune):
                 self._finish(study, config, trial, record, grid, target, None, params, number)
                 return
         if kind == "baseline":
-            self._estimate_noise(study, trial, config, target, scorer, schedule, record.fids[final])
+            self._estimate_noise(study, trial, config, target, scorer, schedule, record.fids[final], precision)
         self._finish(study, config, trial, record, grid, target, record.fids[final], params, number)
 
     def _finish(self, study: optuna.Study, config: StudyConfig, trial: optuna.Trial, record: Evaluation,
@@ -303,10 +312,11 @@ class _Worker:
         best_text = f" (best {best:.2f})" if best is not None else ""
         self.log(f"trial {number} {outcome}: FID {shown:.2f} at {record.samples} samples{best_text} "
                  f"{_params_text(params)} {record.seconds:.0f} s")
-        try:
-            update_study_note(study)
-        except Exception:  # noqa: BLE001 - the dashboard note is cosmetic; a blip must not fail a trial
-            pass
+        if value is not None and best is not None and value <= best:  # the dashboard note changes with the best only
+            try:
+                update_study_note(study)
+            except Exception:  # noqa: BLE001 - the dashboard note is cosmetic; a blip must not fail a trial
+                pass
 
     def _best(self, study: optuna.Study) -> float | None:
         done = self.db(study.get_trials, deepcopy=False, states=(TrialState.COMPLETE,))
@@ -334,10 +344,11 @@ class _Worker:
         return write
 
     def _estimate_noise(self, study: optuna.Study, trial: optuna.Trial, config: StudyConfig, target: Target,
-                        scorer: ProxyFID, schedule: SkipSchedule, value: float) -> None:
+                        scorer: ProxyFID, schedule: SkipSchedule, value: float, precision: str) -> None:
         """Score the baseline again on disjoint seeds: |ΔFID| is what seed noise alone can do."""
         start = config.seed_start + NOISE_SEED_OFFSET
-        other = list(evaluate(config, target, scorer, schedule, seeds=range(start, start + config.samples),
+        other = list(self.evaluate(config, target, scorer, schedule, precision=precision,
+                              seeds=range(start, start + config.samples),
                               steps=[config.samples]))[-1][1]
         self.db(trial.set_user_attr, "fid_second_seed_set", other)
         self.db(study.set_user_attr, NOISE_ATTR, abs(other - value))
@@ -364,17 +375,28 @@ def run_worker(
     overrides: dict[str, str | None] | None = None,
     settings: StorageSettings = StorageSettings(),
     log: Log = print,
+    evaluation: Evaluate = evaluate,
+    compile: bool = False,
 ) -> WorkerReport:
     """Run queued trials of the named studies (default: every skipsearch study) until none is left.
 
     SIGTERM/SIGINT raise `Interrupted` after the running trial was failed and re-queued.
+    `evaluation` replaces the objective (benchmarks time the rest of the worker with a fixed cost);
+    `compile` compiles the network's blocks (worth it for long GPU searches; see Target.compile).
     """
     url = resolve_url(storage_url)
     storage = open_storage(url, settings)
+    if device.startswith("cuda"):  # the GPU speed path: TF32 matmuls/convolutions, tuned cuDNN kernels
+        import torch
+
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
     storage.heartbeat_interval = settings.heartbeat_interval  # enables Optuna's stale-trial query
     storage.grace_period = settings.grace_period
     identity = WorkerIdentity(device=device)
-    worker = _Worker(url, storage, settings, identity, _Resources(device, dict(overrides or {})), log)
+    worker = _Worker(url, storage, settings, identity, _Resources(device, dict(overrides or {}), compile), log,
+                     evaluation)
     with signals_interrupt():
         return worker.run(study_names)
 

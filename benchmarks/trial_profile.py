@@ -1,0 +1,120 @@
+"""Where a demo trial's time goes: network passes, feature passes, FID math, storage and sampler
+calls, and everything else. Goal: ≥ 97% of a trial in network and feature passes.
+
+Runs the real worker on a fresh SQLite study of the built-in model (the demo preset: Euler NFE 10,
+1,000 samples, fidelity steps at 250/500/1000) and times each part with forward hooks and
+wrappers; the baseline trial is left out of the per-trial figures (it also scores a second seed
+set for the noise estimate).
+
+    python benchmarks/trial_profile.py [--trials 4] [--samples 1000] [--batch-size 250]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from skipsearch.metrics import fid as fid_module
+from skipsearch.search import StudyConfig, prepare_studies, run_worker
+from skipsearch.search import _storage, _worker
+
+PARTS = ("network", "features", "fid math", "storage + sampler", "other")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.spent: collections.Counter[str] = collections.Counter()
+        self.trial_start: float | None = None
+        self.per_trial: list[dict[str, float]] = []
+
+    def wrap(self, part: str, fn):  # type: ignore[no-untyped-def]
+        def timed(*args, **kwargs):  # type: ignore[no-untyped-def]
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.spent[part] += time.perf_counter() - start
+
+        return timed
+
+    def hook(self, module: torch.nn.Module, part: str) -> None:
+        starts: list[float] = []
+        module.register_forward_pre_hook(lambda m, a: starts.append(time.perf_counter()))
+
+        def after(m, a, out):  # type: ignore[no-untyped-def]
+            self.spent[part] += time.perf_counter() - starts.pop()
+
+        module.register_forward_hook(after)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=4)
+    parser.add_argument("--samples", type=int, default=1000)
+    parser.add_argument("--batch-size", type=int, default=250)
+    args = parser.parse_args()
+
+    clock = Clock()
+    folder = Path(tempfile.mkdtemp(prefix="trial-profile-"))
+    url = f"sqlite:///{folder / 'profile.db'}"
+    [config] = StudyConfig.from_preset("demo", trials=args.trials, samples=args.samples, batch_size=args.batch_size,
+                                       pruner="none", artifacts=str(folder / "artifacts"))
+    prepare_studies(url, [config])
+
+    # Storage and sampler: every call the worker makes into Optuna goes through Retrying.
+    retry_call = _storage.Retrying.__call__
+    _storage.Retrying.__call__ = lambda self, fn, *a, **k: clock.wrap("storage + sampler", retry_call)(self, fn, *a, **k)
+    fid_module.fid_from_statistics = clock.wrap("fid math", fid_module.fid_from_statistics)
+    fid_module.FeatureMoments.update = clock.wrap("fid math", fid_module.FeatureMoments.update)
+
+    # Network and feature passes: hooks on the modules the worker loads.
+    load_target = _worker.load_target
+
+    def hooked_target(source, device):  # type: ignore[no-untyped-def]
+        target = load_target(source, device)
+        clock.hook(target.net, "network")
+        return target
+
+    _worker.load_target = hooked_target
+    make_scorer = _worker.make_scorer
+
+    def hooked_scorer(*a, **k):  # type: ignore[no-untyped-def]
+        scorer = make_scorer(*a, **k)
+        clock.hook(scorer.extractor, "features")
+        return scorer
+
+    _worker.make_scorer = hooked_scorer
+    run_trial = _worker._Worker.run_trial
+
+    def timed_trial(self, study, config, target, scorer, trial_id):  # type: ignore[no-untyped-def]
+        before = dict(clock.spent)
+        start = time.perf_counter()
+        run_trial(self, study, config, target, scorer, trial_id)
+        wall = time.perf_counter() - start
+        parts = {p: clock.spent[p] - before.get(p, 0.0) for p in PARTS[:-1]}
+        parts["other"] = wall - sum(parts.values())
+        parts["wall"] = wall
+        clock.per_trial.append(parts)
+
+    _worker._Worker.run_trial = timed_trial
+    run_worker(url, None, log=lambda m: None)
+
+    print(f"demo trial profile: {config.solver} NFE {config.nfe}, {config.samples} samples, batch {config.batch_size}, "
+          f"{torch.get_num_threads()} threads")
+    print(f"{'trial':>5} {'wall s':>7} " + " ".join(f"{p:>18}" for p in PARTS))
+    for i, parts in enumerate(clock.per_trial):
+        shares = " ".join(f"{parts[p]:8.3f} s {100 * parts[p] / parts['wall']:5.1f}%" for p in PARTS)
+        print(f"{i:>5} {parts['wall']:7.2f} {shares}{'  (baseline: also the noise re-score)' if i == 0 else ''}")
+    search = clock.per_trial[1:] or clock.per_trial
+    wall = sum(p["wall"] for p in search)
+    passes = sum(p["network"] + p["features"] for p in search)
+    print(f"network + feature passes: {100 * passes / wall:.1f}% of the non-baseline trials' time (goal ≥ 97%)")
+
+
+if __name__ == "__main__":
+    main()
