@@ -3,8 +3,9 @@
 1. Reference: a 7×7 grid over (ρ_top, curve) with ρ_bottom = 1 (the demo's gain lives in the
    outermost skip) gives the optimum; the baseline on a second seed set gives the proxy's noise.
 2. Searches: the real worker, in-process, on the demo preset (Euler NFE 10, 1,000 samples, default
-   budget), with the default sampler, TPE and random search, 5 seeds each: evaluations until the
-   best complete trial is within the noise (and within 1 FID) of the grid optimum.
+   budget), with the default (GP + structural probes), and GP, TPE and random search without the
+   probes, 5 seeds each: evaluations until the best complete trial is within the noise (and within
+   1 FID) of the grid optimum.
    Goals: ≤ 12 evaluations for the default (median), and 5 of 5 seeds within the default budget.
 3. Pruning: samples evaluated with vs without the pruner, at equal best. Goal ≤ 0.5×.
 4. Four concurrent worker processes: the share of trials that nearly duplicate (max-norm distance
@@ -63,10 +64,11 @@ def grid(cache: Path) -> dict:
     return out
 
 
-def run_search(folder: Path, sampler: str, seed: int, pruner: str = "median", workers: int = 1) -> list:
-    url = f"sqlite:///{folder / f'{sampler}-{pruner}-{seed}-{workers}.db'}"
+def run_search(folder: Path, sampler: str, seed: int, pruner: str = "median", workers: int = 1,
+               probes: bool = True) -> list:
+    url = f"sqlite:///{folder / f'{sampler}-{pruner}-{seed}-{workers}-{probes}.db'}"
     [config] = StudyConfig.from_preset("demo", sampler=sampler, sampler_seed=seed, pruner=pruner,
-                                       artifacts=str(folder / "artifacts"))
+                                       artifacts=str(folder / "artifacts"), enqueue_probes=probes)
     prepare_studies(url, [config])
     if workers == 1:
         run_worker(url, None, log=lambda m: None)
@@ -94,6 +96,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--parts", default="grid,search,pruning,parallel")
     parser.add_argument("--samplers", default="gp,tpe,random")
+    parser.add_argument("--no-probes", action="store_true", help="only the searches without structural probes")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "skipsearch-demo-grid.json")
     args = parser.parse_args()
     parts = set(args.parts.split(","))
@@ -113,27 +116,30 @@ def main() -> None:
 
     results: dict[str, list] = {}
     if "search" in parts:
-        for sampler in args.samplers.split(","):
+        variants = [(s, True) for s in args.samplers.split(",") if s == "gp" and not args.no_probes]
+        variants += [(s, False) for s in args.samplers.split(",")]
+        for sampler, probes in variants:
             counts, counts1, bests = [], [], []
             for seed in range(args.seeds):
-                trials = run_search(folder, sampler, seed)
+                trials = run_search(folder, sampler, seed, probes=probes)
                 done = [t.value for t in trials if t.state.name == "COMPLETE"]
                 bests.append(min(done))
                 counts.append(evaluations_to(trials, best + noise))
                 counts1.append(evaluations_to(trials, best + 1.0))
-                results.setdefault(sampler, []).append(trials)
+                results.setdefault(f"{sampler}-{probes}", []).append(trials)
             reached = [c for c in counts if c is not None]
             reached1 = [c for c in counts1 if c is not None]
             med = statistics.median(c if c is not None else 99 for c in counts)
             med1 = statistics.median(c if c is not None else 99 for c in counts1)
-            print(f"{sampler:>6}: within noise of the grid best after {counts} evaluations (median {med}); "
+            label = f"{sampler}{' + probes' if probes else ', no probes'}"
+            print(f"{label:>16}: within noise of the grid best after {counts} evaluations (median {med}); "
                   f"within 1 FID after {counts1} (median {med1}); reached {len(reached)}/{args.seeds} and "
                   f"{len(reached1)}/{args.seeds} in {len(trials)} trials; best per seed {[round(b, 2) for b in bests]}")
 
     if "pruning" in parts:
         ratios = []
         for seed in range(args.seeds):
-            pruned = results.get("gp", [None] * args.seeds)[seed] or run_search(folder, "gp", seed)
+            pruned = results.get("gp-True", [None] * args.seeds)[seed] or run_search(folder, "gp", seed)
             full = run_search(folder, "gp", seed, pruner="none")
             samples_p = sum(t.user_attrs.get("samples", 0) for t in pruned)
             samples_f = sum(t.user_attrs.get("samples", 0) for t in full)
@@ -161,7 +167,7 @@ def main() -> None:
                     near += 1
                     break
         print(f"4 workers: {near}/{len(trials)} trials nearly duplicate a running one (goal 0)")
-        [summary] = study_summaries(open_storage(f"sqlite:///{folder / 'gp-median-0-4.db'}"))
+        [summary] = study_summaries(open_storage(f"sqlite:///{folder / 'gp-median-0-4-True.db'}"))
         print(f"  best {summary.best:.2f} in {summary.finished} trials")
 
 

@@ -166,7 +166,7 @@ def test_ten_concurrent_launches_make_one_study(backend: str, tiny_checkpoint: P
     assert sum("created study" in o for o in outputs) == 1
     trials = trials_of(url, "edm-tiny/euler/nfe2")
     kinds = Counter(t.user_attrs.get(KIND_ATTR) for t in trials)
-    assert kinds == {"baseline": 1, "paper": 1, "search": 4}
+    assert kinds == {"baseline": 1, "paper": 1, "probe": 2, "search": 2}
     assert all(t.state == TrialState.WAITING for t in trials)
 
 

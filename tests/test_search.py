@@ -282,5 +282,9 @@ def test_the_paper_point_only_inside_the_bounds(tiny_checkpoint: Path, tmp_path:
     [inside] = prepare_studies(url, [_config(tiny_checkpoint, tmp_path, model_name="a")])
     [outside] = prepare_studies(url, [_config(tiny_checkpoint, tmp_path, model_name="b", rho_bounds=[0.85, 1.1])])
     kinds = lambda p: [t.user_attrs[KIND_ATTR] for t in p.study.get_trials(deepcopy=False)]  # noqa: E731
-    assert kinds(inside) == ["baseline", "paper"] + ["search"] * 4
-    assert kinds(outside) == ["baseline"] + ["search"] * 5  # ρ_bottom 0.8 is outside [0.85, 1.1]
+    assert kinds(inside) == ["baseline", "paper", "probe", "probe"] + ["search"] * 2
+    # ρ_bottom 0.8 (the paper) lies outside [0.85, 1.1]; the probes are placed inside the bounds
+    assert kinds(outside) == ["baseline", "probe", "probe"] + ["search"] * 3
+    probes = [t.system_attrs["fixed_params"] for t in outside.study.get_trials(deepcopy=False)
+              if t.user_attrs[KIND_ATTR] == "probe"]
+    assert probes == [{"rho_top": 0.85, "rho_bottom": 1.0, "curve": -2.0}, {"rho_top": 1.1, "rho_bottom": 1.1, "curve": 0.0}]

@@ -98,6 +98,7 @@ class StudyConfig:
     pruner: str = "median"
     trials: int = 20
     enqueue_paper: bool = True
+    enqueue_probes: bool = True
     artifacts: str = "skipsearch-artifacts"
     version: int = CONFIG_VERSION
 

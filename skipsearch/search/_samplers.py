@@ -10,6 +10,7 @@ Two guards keep workers from repeating each other:
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
 from collections.abc import Callable, Sequence
@@ -78,6 +79,48 @@ PRUNERS.register(
 PRUNERS.register("none", lambda c: optuna.pruners.NopPruner())
 
 
+class _PrunedAsComplete:
+    """The study as a sampler that learns from complete trials only (GPSampler) should see it.
+
+    A pruned trial stopped early because it was bad; hidden from the model, the region it probed
+    looks unexplored and is proposed again and again. Here it counts as complete, with its last
+    reported FID scaled to full fidelity by the median ratio (full / that step) of the complete
+    trials. Values are shown as log FID, whose range suits a Gaussian process better than FID's.
+    """
+
+    def __init__(self, study: optuna.Study) -> None:
+        self._study = study
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._study, name)
+
+    def _get_trials(self, deepcopy: bool = True, states: Any = None, use_cache: bool = False) -> list[FrozenTrial]:
+        wanted = tuple(states) if states is not None else tuple(TrialState)
+        real = self._study._get_trials(deepcopy=False, states=None, use_cache=use_cache)
+        complete = [t for t in real if t.state == TrialState.COMPLETE and t.value is not None]
+        out = []
+        for t in real:
+            if t.state == TrialState.PRUNED and TrialState.COMPLETE in wanted and t.intermediate_values:
+                step = max(t.intermediate_values)
+                ratios = [c.value / c.intermediate_values[step] for c in complete
+                          if c.intermediate_values.get(step, 0) > 0]
+                scaled = t.intermediate_values[step] * (float(np.median(ratios)) if ratios else 1.0)
+                out.append(self._shown(t, TrialState.COMPLETE, scaled))
+            elif t.state in wanted:
+                out.append(self._shown(t, t.state, t.value) if t.state == TrialState.COMPLETE else t)
+        return out
+
+    def get_trials(self, deepcopy: bool = True, states: Any = None) -> list[FrozenTrial]:
+        return self._get_trials(deepcopy=deepcopy, states=states)
+
+    @staticmethod
+    def _shown(trial: FrozenTrial, state: TrialState, value: float | None) -> FrozenTrial:
+        shown = copy.copy(trial)
+        shown.state = state
+        shown.value = math.log(max(value, 1e-9)) if value is not None else None
+        return shown
+
+
 def trial_seed(base_seed: int, trial_number: int) -> int:
     digest = hashlib.sha256(f"skipsearch/{base_seed}/{trial_number}".encode()).digest()
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
@@ -93,8 +136,10 @@ class DistinctSampler(BaseSampler):
     two proposals closer than `min_distance` (max-norm) are the same experiment.
     """
 
-    def __init__(self, base: BaseSampler, vector: Vector, *, seed: int, min_distance: float = 0.02, tries: int = 32):
+    def __init__(self, base: BaseSampler, vector: Vector, *, seed: int, min_distance: float = 0.02, tries: int = 32,
+                 pruned_as_complete: bool = False):
         self.base = base
+        self.pruned_as_complete = pruned_as_complete
         self.vector = vector
         self.min_distance = min_distance
         self.tries = tries
@@ -107,7 +152,8 @@ class DistinctSampler(BaseSampler):
     def sample_relative(
         self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
     ) -> dict[str, Any]:
-        params = self.base.sample_relative(study, trial, search_space)
+        view = _PrunedAsComplete(study) if self.pruned_as_complete else study
+        params = self.base.sample_relative(view, trial, search_space)  # type: ignore[arg-type]
         if not params or set(params) != set(search_space) or not self._is_float(search_space):
             return params
         taken = self._taken(study, trial, set(search_space))
@@ -161,7 +207,8 @@ class DistinctSampler(BaseSampler):
 
 def make_sampler(config: SamplerSettings, trial_number: int, vector: Vector) -> DistinctSampler:
     seed = trial_seed(config.sampler_seed, trial_number)
-    return DistinctSampler(SAMPLERS.lookup(config.sampler)(config, seed), vector, seed=seed)
+    return DistinctSampler(SAMPLERS.lookup(config.sampler)(config, seed), vector, seed=seed,
+                           pruned_as_complete=config.sampler == "gp")
 
 
 def make_pruner(config: SamplerSettings) -> optuna.pruners.BasePruner:

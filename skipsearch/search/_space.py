@@ -60,6 +60,13 @@ class Space:
         """Skip-Tuning's hand-set point: linear from ρ = 1.0 at the top to 0.8 at the bottom."""
         raise NotImplementedError
 
+    def probes(self, config: SpaceBounds, sites: Sequence[SkipSite]) -> list[dict[str, float]]:
+        """Structural probes queued after the baseline and the paper's point: the qualitatively
+        different answers the literature and the demo have seen, so the model-based search starts
+        from informative corners rather than from random points alone. Only those inside the
+        bounds are queued."""
+        return []
+
     def vector(self, params: dict[str, Any], config: SpaceBounds, sites: Sequence[SkipSite]) -> list[float]:
         """What two trials must differ in to be different experiments: per-site ρ (and the σ
         window, log scale), each in units of its search range."""
@@ -90,6 +97,16 @@ class Linear(Space):
 
     def paper(self, config: SpaceBounds, sites: Sequence[SkipSite]) -> dict[str, float]:
         return {"rho_top": 1.0, "rho_bottom": 0.8, "curve": 0.0}
+
+    def probes(self, config: SpaceBounds, sites: Sequence[SkipSite]) -> list[dict[str, float]]:
+        lo, hi = config.rho_bounds
+        flat_high = min(hi, 1.1)
+        return [
+            # only the outermost (full-resolution) skip lowered: where the demo's gain lives
+            {"rho_top": max(lo, 0.5), "rho_bottom": min(max(1.0, lo), hi), "curve": config.curve_bounds[0]},
+            # every skip slightly strengthened: what helps multistep solvers at few NFE on the demo
+            {"rho_top": flat_high, "rho_bottom": flat_high, "curve": 0.0},
+        ]
 
 
 class LinearWindow(Linear):

@@ -53,7 +53,7 @@ FINGERPRINT_ATTR = "skipsearch_fingerprint"
 SITES_ATTR = "skipsearch_num_skips"
 BUDGET_ATTR = "skipsearch_budget"
 NOISE_ATTR = "skipsearch_baseline_noise"
-KIND_ATTR = "skipsearch_trial_kind"  # baseline, paper, search (and retries keep their kind)
+KIND_ATTR = "skipsearch_trial_kind"  # baseline, paper, probe, search (and retries keep their kind)
 COUNTED_ATTR = "skipsearch_counted"  # a FAIL that used up its slot (its schedule failed, not its worker)
 REASON_ATTR = "fail_reason"
 
@@ -118,6 +118,11 @@ def _seed(study: optuna.Study, config: StudyConfig, sites: Sequence[SkipSite], b
     if config.enqueue_paper and "paper" not in kinds and missing > 0 and in_bounds(paper, config, sites):
         _enqueue(study, paper, "paper")
         missing -= 1
+    if config.enqueue_probes and "probe" not in kinds:
+        for probe in space.probes(config, sites):
+            if missing > 0 and in_bounds(probe, config, sites) and probe != space.baseline(config, sites):
+                _enqueue(study, probe, "probe")
+                missing -= 1
     for _ in range(max(0, missing)):
         _enqueue(study, {}, "search")
 
