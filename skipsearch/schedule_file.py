@@ -29,6 +29,7 @@ from .schedule import SkipSchedule
 
 __all__ = [
     "FORMAT",
+    "FORMAT_V1_1",
     "SCHEMA_RESOURCE",
     "ScheduleFileError",
     "ScheduleEntry",
@@ -42,6 +43,7 @@ __all__ = [
 ]
 
 FORMAT = "skipsearch.schedules/v1"
+FORMAT_V1_1 = "skipsearch.schedules/v1.1"  # written when an entry uses the v1.1 keys; v1 and any v1.N are read
 SCHEMA_RESOURCE = "schedules-v1.schema.json"
 _FORMAT_PREFIX = "skipsearch.schedules/"
 _VERSION_RE = re.compile(r"v(\d+)(?:\.(\d+))?")
@@ -162,6 +164,20 @@ def _semantic_check(entry: Mapping[str, Any], root: str, source: str | None) -> 
             f"{_where(source)}{label}: sigma_range [{sigma_range[0]}, {sigma_range[1]}] is empty; "
             "it must be [lo, hi] with lo < hi"
         )
+    sites = entry.get("sites")
+    if sites is not None and [site.get("index") for site in sites] != list(range(count)):
+        raise ScheduleFileError(
+            f"{_where(source)}{label}: sites must list indices 0..{count - 1} in order, one per rho value"
+        )
+    sigmas = entry["solver"].get("sigmas")
+    if sigmas is not None and (sigmas[-1] != 0 or any(b >= a for a, b in zip(sigmas, sigmas[1:]))):
+        raise ScheduleFileError(f"{_where(source)}{label}: solver.sigmas must decrease strictly and end in 0")
+    confirmed = entry.get("confirmed")
+    if confirmed is not None:
+        for key in ("interval", "baseline_interval", "gain_interval"):
+            pair = confirmed.get(key)
+            if pair is not None and pair[0] > pair[1]:
+                raise ScheduleFileError(f"{_where(source)}{label}: confirmed.{key} [{pair[0]}, {pair[1]}] is reversed")
     solver = entry["solver"]
     if "sigma_min" in solver and "sigma_max" in solver and not solver["sigma_min"] < solver["sigma_max"]:
         raise ScheduleFileError(
@@ -236,6 +252,10 @@ class ScheduleEntry:
     score: dict[str, Any] | None = None
     baseline: dict[str, Any] | None = None
     study: dict[str, Any] | None = None
+    solver_params: dict[str, Any] | None = None  # v1.1
+    sigmas: tuple[float, ...] | None = None  # v1.1: descending, ending in 0
+    sites: list[dict[str, Any]] | None = None  # v1.1: per site: index, resolution, channels, block, encoder
+    confirmed: dict[str, Any] | None = None  # v1.1: held-out re-score with intervals
 
     def __post_init__(self) -> None:
         try:  # numpy integers from a study become plain ints; anything else is left for validation
@@ -246,10 +266,14 @@ class ScheduleEntry:
         if self.sigma_range is not None:
             object.__setattr__(self, "sigma_range", tuple(float(s) for s in self.sigma_range))
         object.__setattr__(self, "params", dict(self.params or {}))
-        for name in ("score", "baseline", "study"):
+        for name in ("score", "baseline", "study", "solver_params", "confirmed"):
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, dict(value))
+        if self.sigmas is not None:
+            object.__setattr__(self, "sigmas", tuple(float(v) for v in self.sigmas))
+        if self.sites is not None:
+            object.__setattr__(self, "sites", [dict(site) for site in self.sites])
 
     @property
     def num_skips(self) -> int:
@@ -258,6 +282,13 @@ class ScheduleEntry:
     @property
     def score_value(self) -> float | None:
         return None if self.score is None else self.score.get("value")
+
+    @property
+    def rank_value(self) -> float | None:
+        """What ranks this entry: the confirmed (held-out) score when there is one, else the search's."""
+        if self.confirmed is not None and self.confirmed.get("value") is not None:
+            return float(self.confirmed["value"])
+        return self.score_value
 
     @property
     def schedule(self) -> SkipSchedule:
@@ -291,6 +322,16 @@ class ScheduleEntry:
         for key in ("sigma_min", "sigma_max", "time_exponent"):
             if getattr(self, key) is not None:
                 solver[key] = getattr(self, key)
+        if self.solver_params is not None:
+            solver["params"] = dict(self.solver_params)
+        if self.sigmas is not None:
+            solver["sigmas"] = list(self.sigmas)
+        extra: dict[str, Any] = {}
+        if self.sites is not None:
+            extra["sites"] = [dict(site) for site in self.sites]
+        if self.confirmed is not None:
+            extra["confirmed"] = _ordered(self.confirmed, ("seeds", "samples", "value", "interval", "baseline",
+                                                          "baseline_interval", "gain", "gain_interval", "significant"))
         return {
             "model": {"family": self.model_family, "name": self.model_name, "sha256": self.model_sha256},
             "solver": solver,
@@ -301,6 +342,7 @@ class ScheduleEntry:
             "score": _ordered(self.score, ("metric", "value", "samples", "features", "reference_sha256")),
             "baseline": _ordered(self.baseline, ("value",)),
             "study": _ordered(self.study, ("name", "trial", "trials_complete")),
+            **extra,
         }
 
     @classmethod
@@ -327,6 +369,10 @@ class ScheduleEntry:
             score=data.get("score"),
             baseline=data.get("baseline"),
             study=data.get("study"),
+            solver_params=solver.get("params"),
+            sigmas=solver.get("sigmas"),
+            sites=data.get("sites"),
+            confirmed=data.get("confirmed"),
         )
 
 
@@ -350,7 +396,8 @@ class ScheduleDocument:
         return [e for e in self.entries if e.matches(model=model, nfe=nfe, solver=solver)]
 
     def entry(self, model: str | None = None, nfe: int | None = None, solver: str | None = None) -> ScheduleEntry:
-        """The matching entry with the lowest score (unscored entries last; ties: first in file)."""
+        """The matching entry with the lowest score, the confirmed one where an entry has it (unscored
+        entries last; ties: first in file)."""
         matches = self.select(model=model, nfe=nfe, solver=solver)
         if not matches:
             available = ", ".join(sorted({e.label for e in self.entries})) or "none (the file has no schedules)"
@@ -364,14 +411,16 @@ class ScheduleDocument:
                 f"{_where(self.source)}schedules for {_describe_filters(model, nfe, solver)} are scored with "
                 f"different metrics ({', '.join(map(str, metrics))}) and cannot be ranked; give model, solver and nfe"
             )
-        return min(matches, key=lambda e: (e.score_value is None, e.score_value if e.score_value is not None else 0.0))
+        return min(matches, key=lambda e: (e.rank_value is None, e.rank_value if e.rank_value is not None else 0.0))
 
     def best(self, model: str | None = None, nfe: int | None = None, solver: str | None = None) -> SkipSchedule:
         """The schedule to use for (model, nfe, solver); see `entry` for the ranking rule."""
         return self.entry(model=model, nfe=nfe, solver=solver).schedule
 
     def to_json(self) -> dict[str, Any]:
-        return {"format": FORMAT, "created": self.created, "schedules": [e.to_json() for e in self.entries]}
+        entries = [e.to_json() for e in self.entries]
+        v1_1 = any("sites" in e or "confirmed" in e or {"params", "sigmas"} & set(e["solver"]) for e in entries)
+        return {"format": FORMAT_V1_1 if v1_1 else FORMAT, "created": self.created, "schedules": entries}
 
     @classmethod
     def from_json(cls, data: Any, *, source: str | None = None) -> ScheduleDocument:
@@ -462,6 +511,10 @@ def entry_from_schedule(
     score: Mapping[str, Any] | None = None,
     baseline: Mapping[str, Any] | None = None,
     study: Mapping[str, Any] | None = None,
+    solver_params: Mapping[str, Any] | None = None,
+    sigmas: Sequence[float] | None = None,
+    sites: Sequence[Mapping[str, Any]] | None = None,
+    confirmed: Mapping[str, Any] | None = None,
 ) -> ScheduleEntry:
     """Wrap a searched SkipSchedule with the context an export needs."""
     return ScheduleEntry(
@@ -479,4 +532,8 @@ def entry_from_schedule(
         score=None if score is None else dict(score),
         baseline=None if baseline is None else dict(baseline),
         study=None if study is None else dict(study),
+        solver_params=None if solver_params is None else dict(solver_params),
+        sigmas=None if sigmas is None else tuple(sigmas),
+        sites=None if sites is None else [dict(site) for site in sites],
+        confirmed=None if confirmed is None else dict(confirmed),
     )

@@ -19,7 +19,12 @@ from torch import nn
 
 from .errors import MetricError, ScheduleFileError
 from .metrics import (
+    FrechetToReference,
     ReferenceStats,
+    basic_interval,
+    bootstrap_counts,
+    fid_infinity,
+    paired_gain,
     StreamingFID,
     compute_reference,
     feature_dim,
@@ -35,6 +40,7 @@ from .skiptune import skip_sites
 
 __all__ = [
     "ProxyFID",
+    "Confirmed",
     "score",
     "score_steps",
     "resolve_metric_defaults",
@@ -42,6 +48,9 @@ __all__ = [
     "build_reference",
     "ScoreRow",
     "score_schedules",
+    "score_confirmed",
+    "interval_of",
+    "gain_between",
 ]
 
 Progress = Callable[[int, int], None]  # (samples done, samples total)
@@ -85,6 +94,9 @@ class ProxyFID:
                 "give a reference computed with these features (`skipsearch reference`)"
             )
 
+    def stream(self, steps: Sequence[int], keep_features: bool = False) -> StreamingFID:
+        return StreamingFID(self.extractor, self.reference, sorted(set(steps)), keep_features=keep_features)
+
     def iter_fid(
         self,
         net: nn.Module,
@@ -101,17 +113,20 @@ class ProxyFID:
         on_images: Callable[[torch.Tensor], None] | None = None,
         on_samples: Callable[[torch.Tensor], None] | None = None,
         progress: Progress | None = None,
+        stream: StreamingFID | None = None,
     ) -> Iterator[tuple[int, float]]:
         """Yield (n, FID of the first n samples) at each step; the last step is len(seeds).
 
         `on_samples` sees each batch of raw float64 samples (e.g. to refuse non-finite ones),
-        `on_images` its uint8 images, `progress(done, total)` the running sample count.
+        `on_images` its uint8 images, `progress(done, total)` the running sample count; `stream`
+        (from `self.stream(...)`) lets the caller keep the features.
         """
         seeds = list(seeds)
         steps = sorted(set(steps or []) | {len(seeds)})
         if steps[0] < 2 or steps[-1] > len(seeds):
             raise MetricError(f"fidelity steps must lie in [2, {len(seeds)}], got {steps}")
-        stream = StreamingFID(self.extractor, self.reference, steps)
+        if stream is None:
+            stream = StreamingFID(self.extractor, self.reference, steps)
         batches = iter_samples(
             net, seeds, solver=solver, nfe=nfe, schedule=schedule, batch_size=batch_size, device=self.device,
             precision=precision, time_exponent=time_exponent, class_labels=class_labels,
@@ -126,6 +141,58 @@ class ProxyFID:
             if progress is not None:
                 progress(stream.count, len(seeds))
             yield from results
+
+
+@dataclass(frozen=True)
+class Confirmed:
+    """A score with what its interval needs: FID at each step, one FID per bootstrap resample."""
+
+    value: float
+    samples: int
+    fid_steps: dict[int, float]
+    bootstrap: list[float]
+    fid_infinity: float | None
+
+
+def score_confirmed(
+    scorer: ProxyFID,
+    net: nn.Module,
+    seeds: Sequence[int],
+    *,
+    solver: str,
+    nfe: int,
+    schedule: SkipSchedule | None,
+    resamples: int,
+    bootstrap_seed: int,
+    batch_size: int = 250,
+    precision: Precision = "fp32",
+    time_exponent: float = 7.0,
+    on_samples: Callable[[torch.Tensor], None] | None = None,
+    progress: Progress | None = None,
+) -> Confirmed:
+    """Proxy FID on `seeds` with B bootstrap replicates over samples, drawn from `bootstrap_seed`
+    so every schedule scored with the same seeds and draws is paired with every other; FID at
+    n/8, n/4, n/2 and n gives FID(∞) by the 1/n fit."""
+    n = len(seeds)
+    steps = sorted({max(2, n // 8), max(2, n // 4), max(2, n // 2), n})
+    stream = scorer.stream(steps, keep_features=True)
+    fids = dict(scorer.iter_fid(net, seeds, solver=solver, nfe=nfe, schedule=schedule, steps=steps,
+                                batch_size=batch_size, precision=precision, time_exponent=time_exponent,
+                                on_samples=on_samples, progress=progress, stream=stream))
+    frechet = FrechetToReference(scorer.reference)
+    replicates = frechet.bootstrap(stream.features(), bootstrap_counts(n, resamples, bootstrap_seed))
+    return Confirmed(fids[n], n, fids, [float(v) for v in replicates], fid_infinity(list(fids), list(fids.values())))
+
+
+def interval_of(value: float, replicates: Sequence[float], level: float = 0.95) -> tuple[float, float]:
+    """The confidence interval of a confirmed score from its bootstrap replicates."""
+    return basic_interval(value, replicates, level)
+
+
+def gain_between(baseline: float, baseline_replicates: Sequence[float], value: float, replicates: Sequence[float],
+                 level: float = 0.95) -> tuple[float, tuple[float, float]]:
+    """(baseline − value)/baseline and its interval, from replicates paired over the same resamples."""
+    return paired_gain(baseline, baseline_replicates, value, replicates, level)
 
 
 def make_scorer(

@@ -40,7 +40,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -409,6 +409,7 @@ class SolverSpec:
     order: int
     nfe_per_step: int = 1
     nfe_saved_at_end: int = 0
+    params: dict[str, object] = field(default_factory=dict)  # the settings it runs with (exported with schedules)
 
     def nfe_for_steps(self, steps: int) -> int:
         if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
@@ -444,9 +445,9 @@ for _spec in (
     SolverSpec("euler", euler, order=1),
     SolverSpec("heun", heun, order=2, nfe_per_step=2, nfe_saved_at_end=1),
     SolverSpec("dpmpp_2m", dpmpp_2m, order=2),
-    SolverSpec("dpmpp_3m", dpmpp_3m, order=3),
-    SolverSpec("ipndm", ipndm, order=4),
-    SolverSpec("unipc", unipc, order=3),
+    SolverSpec("dpmpp_3m", dpmpp_3m, order=3, params={"kdiffusion_compat": False}),
+    SolverSpec("ipndm", ipndm, order=4, params={"max_order": 4}),
+    SolverSpec("unipc", unipc, order=3, params={"max_order": 2, "variant": "bh2", "corrector": True}),
 ):
     SOLVERS.register(_spec.name, _spec)
 

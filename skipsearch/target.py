@@ -18,7 +18,7 @@ from torch import nn
 from .errors import CheckpointError, ScheduleFileError
 from .models.builtin import BUILTIN_PREFIX, builtin_info
 from .models.loading import checkpoint_sha256, load_network, model_choices, model_name, resolve_model_source
-from .sampling import resolve_precision
+from .sampling import make_sigmas, resolve_precision
 from .schedule import SkipSchedule, SkipSite
 from .schedule_file import ScheduleDocument, ScheduleEntry
 from .skiptune import find_unet, skip_sites
@@ -66,6 +66,21 @@ class Target:
     @property
     def resolution(self) -> int:
         return int(self.net.img_resolution)
+
+    @cached_property
+    def unet_path(self) -> str:
+        unet = find_unet(self.net)
+        return next(name for name, module in self.net.named_modules() if module is unet)
+
+    def site_info(self) -> list[dict[str, object]]:
+        """Each skip site in the network's own terms (module paths), for a schedule's consumers."""
+        prefix = f"{self.unet_path}." if self.unet_path else ""
+        return [{"index": s.index, "resolution": s.resolution, "channels": s.channels,
+                 "block": f"{prefix}dec.{s.consumer}", "encoder": f"{prefix}enc.{s.producer}"} for s in self.sites]
+
+    def sigmas(self, solver: str, nfe: int, time_exponent: float = 7.0) -> list[float]:
+        """The σ steps `solver` takes at `nfe` on this network (EDM's grid, clamped to its range)."""
+        return [float(v) for v in make_sigmas(self.net, solver, nfe, time_exponent=time_exponent)]
 
     def precision(self, requested: str, device: str | torch.device) -> str:
         """The precision this network samples in on `device` (`auto` resolved; see sampling)."""

@@ -21,10 +21,11 @@ from skipsearch.search import StorageSettings, StudyConfig, open_storage
 
 
 def tiny_config(checkpoint: Path, tmp_path: Path, **overrides: Any) -> StudyConfig:
-    """A study on the 8×8 test network: a trial takes a second or two on one core."""
+    """A study on the 8×8 test network: a trial takes a second or two on one core. No confirmation
+    unless asked for (tests of the confirmation turn it on)."""
     base = dict(model="edm", model_name="edm-tiny", checkpoint=str(checkpoint), solver="euler", nfe=2, samples=24,
                 fidelity=[0.5, 1.0], features="skipsearch-digits", reference="builtin:edm-digits", batch_size=8,
-                trials=6, sampler="random", artifacts=str(tmp_path / "artifacts"))
+                trials=6, sampler="random", artifacts=str(tmp_path / "artifacts"), confirm_top=0)
     base.update(overrides)
     return StudyConfig.from_dict(base)
 

@@ -52,7 +52,7 @@ def test_sample_and_sites_work(tmp_path: Path) -> None:
 def test_help_lists_commands_in_a_natural_order() -> None:
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    order = ["launch", "worker", "status", "export", "validate", "score", "sample", "dashboard", "presets", "sites",
+    order = ["launch", "worker", "status", "export", "confirm", "validate", "score", "sample", "dashboard", "presets", "sites",
              "reference"]
     positions = [result.output.index(f" {name} ") for name in order]
     assert positions == sorted(positions)

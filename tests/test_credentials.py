@@ -75,7 +75,8 @@ def test_password_never_printed_or_listed(pg_url: str, tiny_checkpoint: Path, tm
     url = _with_password(pg_url, PASSWORDS[2])
     launch = [sys.executable, "-m", "skipsearch", "launch", "--storage", url, "--checkpoint", str(tiny_checkpoint),
               "--study", "edm-tiny", "--solver", "euler", "--nfe", "2", "--samples", "600", "--batch-size", "50",
-              "--trials", "3", "--ref", "builtin:edm-digits", "--features", "skipsearch-digits", "--device", "cpu"]
+              "--trials", "3", "--ref", "builtin:edm-digits", "--features", "skipsearch-digits", "--device", "cpu",
+              "--confirm-top", "0"]
     env = {k: v for k, v in os.environ.items() if k != "SKIPSEARCH_STORAGE"}
     proc = subprocess.Popen(launch, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

@@ -40,7 +40,7 @@ runner = CliRunner()
 def _config(checkpoint: Path, tmp_path: Path, **kw) -> StudyConfig:
     base = dict(model="edm", model_name="edm-tiny", checkpoint=str(checkpoint), solver="euler", nfe=2, samples=24,
                 fidelity=[0.5, 1.0], features="skipsearch-digits", reference="builtin:edm-digits", batch_size=8,
-                trials=6, sampler="random", artifacts=str(tmp_path / "artifacts"))
+                trials=6, sampler="random", artifacts=str(tmp_path / "artifacts"), confirm_top=0)
     base.update(kw)
     return StudyConfig.from_dict(base)
 
@@ -252,7 +252,7 @@ def test_a_finished_study_says_so_and_can_be_extended(tiny_checkpoint: Path, tmp
     monkeypatch.chdir(tmp_path)
     args = ["launch", "--storage", f"sqlite:///{tmp_path / 'x.db'}", "--checkpoint", str(tiny_checkpoint),
             "--study", "edm-tiny", "--solver", "euler", "--nfe", "2", "--samples", "24", "--batch-size", "8",
-            "--ref", "builtin:edm-digits", "--features", "skipsearch-digits", "--device", "cpu"]
+            "--ref", "builtin:edm-digits", "--features", "skipsearch-digits", "--device", "cpu", "--confirm-top", "0"]
     first = runner.invoke(app, [*args, "--trials", "3"])
     assert first.exit_code == 0, first.output
     assert "created study edm-tiny/euler/nfe2 (3 trials)" in first.output

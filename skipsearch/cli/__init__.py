@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ._app import app
 from .demo import demo_app
-from .run import launch, worker
+from .run import confirm, launch, worker
 from .schedules import sample, score, validate
 from .studies import dashboard, export, presets, status
 from .tools import reference, sites
@@ -19,6 +19,7 @@ app.command(context_settings={"allow_extra_args": True})(launch)
 app.command()(worker)
 app.command()(status)
 app.command()(export)
+app.command()(confirm)
 app.command()(validate)
 app.command()(score)
 app.command()(sample)

@@ -19,6 +19,7 @@ from rich.text import Text
 from ..search import StudySummary, format_change
 
 __all__ = [
+    "confirmed_tables",
     "console",
     "err_console",
     "interactive",
@@ -57,10 +58,10 @@ def duration(seconds: float | None) -> str:
 
 
 def _change_cell(s: StudySummary) -> Text:
-    text = format_change(s.change)
+    text = format_change(s.change) + ("✓" if s.confirmed and s.change_significant else "")
     if s.change is None:
         return Text(text)
-    if s.significant is False:
+    if s.change_significant is False:
         return Text(text + "*", style="yellow")
     return Text(text, style="green" if s.change < 0 else "")
 
@@ -107,25 +108,75 @@ def study_table(summaries: Sequence[StudySummary], title: str | None = None, wid
     return _build(summaries, columns, title, max(8, longest - (needed - width)))
 
 
+def _interval(pair: tuple[float, float] | None, spec: str = ".2f") -> str:
+    return "" if pair is None else f" [{format(pair[0], spec)}, {format(pair[1], spec)}]"
+
+
+def _change_interval(pair: tuple[float, float] | None) -> str:
+    """A gain interval shown as FID changes: [−49%, −43%] for a gain of 0.43..0.49."""
+    if pair is None:
+        return ""
+    return f" [{format_change(-pair[1])}, {format_change(-pair[0])}]"
+
+
+def confirmed_tables(summaries: Sequence[StudySummary], width: int | None = None) -> list[Table]:
+    """Per confirmed study: the baseline and the re-scored schedules on held-out seeds, with 95%
+    bootstrap intervals (the gain's paired over samples)."""
+    tables = []
+    for s in summaries:
+        c = s.confirmation
+        if c is None or not c.rows:
+            continue
+        state = "" if c.done else f", {len(c.rows)}/{c.jobs} done"
+        table = Table(title=f"{s.name}: confirmed on held-out seeds {c.seeds[0]}..{c.seeds[1]} ({c.samples} samples{state})",
+                      title_justify="left")
+        for column, justify in (("schedule", "left"), ("search", "right"), ("held-out FID [95%]", "right"),
+                                ("FID change [95%]", "right")):
+            table.add_column(column, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+        for r in c.rows:
+            change = "—" if r.gain is None else format_change(-r.gain) + _change_interval(r.gain_interval)
+            style = "" if r.significant is None else ("green" if r.significant and (r.gain or 0) > 0 else "yellow")
+            table.add_row(f"trial {r.source_trial} ({r.kind})", fmt(r.search_value), fmt(r.value) + _interval(r.interval),
+                          Text(change, style=style))
+        tables.append(table)
+    return tables
+
+
 def best_lines(summaries: Sequence[StudySummary]) -> list[str]:
     lines = []
     for s in summaries:
+        if s.confirmed:
+            best = s.confirmation.best  # type: ignore[union-attr]
+            base = s.confirmation.baseline  # type: ignore[union-attr]
+            params = " ".join(f"{k}={v:.3g}" for k, v in best.params.items())
+            verdict = "" if best.significant else " — NOT significant: the gain's interval includes 0"
+            base_text = f"FID {base.value:.2f} → " if base is not None else ""
+            lines.append(f"{s.name}: confirmed best trial {best.source_trial}: {base_text}{best.value:.2f} held-out "
+                         f"(FID {format_change(-(best.gain or 0.0))}{_change_interval(best.gain_interval)}); "
+                         f"{params}{verdict}")
+            continue
         if s.best_trial is None:
             continue
         params = " ".join(f"{k}={v:.3g}" for k, v in s.best_params.items())
         rate = f", {s.images_per_s:.0f} img/s" if s.images_per_s else ""
         change = f" (FID {format_change(s.change)})" if s.change is not None else ""
-        lines.append(f"{s.name}: best trial {s.best_trial}: FID {fmt(s.baseline)} → {fmt(s.best)}{change}; {params}{rate}")
+        label = "best trial" if s.confirmation is None else "best by search score (confirmation running)"
+        lines.append(f"{s.name}: {label} {s.best_trial}: FID {fmt(s.baseline)} → {fmt(s.best)}{change}; {params}{rate}")
     return lines
 
 
 def noise_warnings(summaries: Sequence[StudySummary]) -> list[str]:
-    """Say plainly when the best trial's gain is within the proxy's seed noise."""
-    return [
-        f"* {s.name}: the best trial does not beat the baseline by more than the proxy's seed noise "
-        f"(±{s.noise:.2f} FID); treat it as no gain."
-        for s in summaries if s.significant is False and s.noise is not None
-    ]
+    """Say plainly when the best schedule's gain is not established: its confirmed gain interval
+    includes 0, or (before confirmation) it is within the proxy's seed noise."""
+    out = []
+    for s in summaries:
+        if s.confirmed and s.change_significant is False:
+            out.append(f"* {s.name}: on held-out seeds the best schedule's gain is not significant (its 95% interval "
+                       "includes 0); treat it as no gain.")
+        elif not s.confirmed and s.significant is False and s.noise is not None:
+            out.append(f"* {s.name}: the best trial does not beat the baseline by more than the proxy's seed noise "
+                       f"(±{s.noise:.2f} FID); treat it as no gain.")
+    return out
 
 
 def running_lines(summaries: Sequence[StudySummary]) -> list[str]:

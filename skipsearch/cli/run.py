@@ -16,6 +16,7 @@ from ..search import (
     StudyConfig,
     mask_url,
     prepare_studies,
+    queue_confirmations,
     resolve_url,
     run_worker,
     signals_interrupt,
@@ -28,7 +29,7 @@ from ._output import console, err_console, interactive, live_view
 from ._options import CheckpointOpt, FeaturesWeightsOpt, StorageOpt
 from .studies import print_status
 
-__all__ = ["launch", "worker"]
+__all__ = ["launch", "worker", "confirm"]
 
 HeartbeatOpt = Annotated[float, typer.Option(help="Seconds between a running trial's heartbeats.")]
 GraceOpt = Annotated[float, typer.Option(help="Seconds without a heartbeat before a trial is re-queued.")]
@@ -67,6 +68,10 @@ def launch(
     rho_bounds: Annotated[Optional[tuple[float, float]], typer.Option(help="Search range of each ρ (default 0.3 1.1).")] = None,
     curve_bounds: Annotated[Optional[tuple[float, float]], typer.Option(help="Search range of curve (default -2 2).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Images per network call.")] = None,
+    confirm_top: Annotated[Optional[int], typer.Option(help="Best schedules to confirm on held-out seeds once the "
+                                                            "budget is spent (default 3; 0: none).")] = None,
+    confirm_samples: Annotated[Optional[int], typer.Option(help="Held-out samples per confirmed schedule "
+                                                                "(default 4 x --samples).")] = None,
     device: Annotated[str, typer.Option(help="auto (every visible GPU, else the CPU), cpu, cuda:1, ...")] = "auto",
     gpus: Annotated[Optional[str], typer.Option(help="With --device auto: all, or GPU indices like 0,1.")] = None,
     workers: Annotated[bool, typer.Option("--workers/--no-workers", help="Run local workers after creating studies.")] = True,
@@ -80,7 +85,8 @@ def launch(
         preset, nfe=_nfe_list(nfe, ctx.args), model=model, checkpoint=str(checkpoint) if checkpoint else None,
         solver=solver, trials=trials, samples=samples, reference=ref, features=features,
         features_weights=features_weights, model_name=study, space=space, sampler=sampler, sampler_seed=seed,
-        batch_size=batch_size, rho_bounds=list(rho_bounds) if rho_bounds else None,
+        batch_size=batch_size, confirm_top=confirm_top, confirm_samples=confirm_samples,
+        rho_bounds=list(rho_bounds) if rho_bounds else None,
         curve_bounds=list(curve_bounds) if curve_bounds else None,
     )
     devices = worker_devices(device, gpus) if workers else []
@@ -207,3 +213,34 @@ def _supervise(url: object, names: list[str], devices: list[str], settings: Stor
     failed = [c for c in codes if c != 0]
     if failed:
         raise typer.Exit(failed[0] if 0 < failed[0] < 256 else 1)
+
+
+def confirm(
+    study: Annotated[Optional[list[str]], typer.Option("--study", help="Study to confirm (default: all).")] = None,
+    storage: StorageOpt = None,
+    top: Annotated[Optional[int], typer.Option(help="Confirm this many best schedules (default: the study's, 3).")] = None,
+    now: Annotated[bool, typer.Option("--now", help="Confirm the current best of a study that is still searching.")] = False,
+    device: Annotated[str, typer.Option(help="auto (GPU 0 if any, else the CPU), cpu, cuda:1, ...")] = "auto",
+    checkpoint: CheckpointOpt = None,
+    ref: Annotated[Optional[str], typer.Option("--ref", help="This node's path to the study's reference .npz.")] = None,
+    features_weights: FeaturesWeightsOpt = None,
+) -> None:
+    """Re-score the best schedules and the baseline on held-out seeds, with 95% intervals (workers do
+    this by themselves once a study's budget is spent; this runs it now, here)."""
+    if top is not None and top < 1:
+        raise UsageError("--top must be at least 1")
+    url = resolve_url(storage)
+    names = queue_confirmations(url, study, top=top, now=now)
+    if not names:
+        console.print("nothing to confirm: no study has a complete trial yet")
+        return
+    overrides = dict(checkpoint=str(checkpoint) if checkpoint else None, reference=ref,
+                     features_weights=features_weights)
+    with signals_interrupt():
+        try:
+            run_worker(url, names, device=worker_devices(device)[0], overrides=overrides, confirm_only=True,
+                       log=lambda m: console.print(m, highlight=False, soft_wrap=True))
+        except Interrupted as stop:
+            err_console.print(f"[yellow]stopped by {stop}; the running confirmation was re-queued[/yellow]")
+            raise typer.Exit(128 + stop.signum) from None
+    print_status(url, names)

@@ -19,7 +19,7 @@ from ..search import (
     serve_dashboard,
     study_summaries,
 )
-from ._output import best_lines, console, noise_warnings, study_table
+from ._output import best_lines, confirmed_tables, console, noise_warnings, study_table
 from ._options import StorageOpt
 
 __all__ = ["status", "export", "dashboard", "presets", "print_status"]
@@ -28,6 +28,8 @@ __all__ = ["status", "export", "dashboard", "presets", "print_status"]
 def print_status(storage: object, names: list[str] | None = None) -> None:
     summaries = study_summaries(open_storage(resolve_url(storage), StorageSettings()), names=names)  # type: ignore[arg-type]
     console.print(study_table(summaries))
+    for table in confirmed_tables(summaries):
+        console.print(table)
     for line in best_lines(summaries) + noise_warnings(summaries):
         console.print(line, highlight=False, soft_wrap=True)
     for s in summaries:

@@ -6,6 +6,7 @@ registers the demo extractor `skipsearch-digits` with torch-fidelity, so
 """
 
 from ..errors import MetricError
+from .bootstrap import FrechetToReference, basic_interval, bootstrap_counts, fid_infinity, paired_gain
 from .digits import EXTRACTOR_NAME as DIGITS_EXTRACTOR
 from .digits import FeatureExtractorDigits, load_classifier, weights_sha256
 from .features import FEATURE_EXTRACTORS, INCEPTION, extract, feature_dim, inception_weights_path, make_extractor
@@ -51,4 +52,9 @@ __all__ = [
     "builtin_reference",
     "builtin_reference_path",
     "BUILTIN_REFERENCES",
+    "FrechetToReference",
+    "bootstrap_counts",
+    "basic_interval",
+    "paired_gain",
+    "fid_infinity",
 ]

@@ -142,6 +142,7 @@ class StreamingFID:
         steps: Sequence[int],
         *,
         batch_size: int | None = None,
+        keep_features: bool = False,
     ) -> None:
         self.extractor = extractor
         self.reference = as_statistics(reference, "reference")
@@ -149,6 +150,7 @@ class StreamingFID:
         self.batch_size = batch_size
         self.moments = FeatureMoments()
         self._results: list[tuple[int, float]] = []
+        self._kept: list[np.ndarray] | None = [] if keep_features else None
         self._check_dim(feature_dim(extractor))
 
     def _check_dim(self, dim: int) -> None:
@@ -185,6 +187,8 @@ class StreamingFID:
         """As `add`, for features already extracted (e.g. on another worker)."""
         x = _as_array(features)
         self._check_dim(x.shape[1])
+        if self._kept is not None:
+            self._kept.append(x.astype(np.float32))
         new: list[tuple[int, float]] = []
         start = 0
         while start < x.shape[0]:
@@ -196,6 +200,13 @@ class StreamingFID:
                 new.append((step, self.fid()))
         self._results.extend(new)
         return new
+
+    def features(self) -> np.ndarray:
+        """Every feature seen so far, [N, D] float32 (only with `keep_features=True`): what a
+        bootstrap over samples resamples."""
+        if self._kept is None:
+            raise MetricError("features were not kept: create the StreamingFID with keep_features=True")
+        return np.concatenate(self._kept) if self._kept else np.zeros((0, 0), dtype=np.float32)
 
     def fid(self) -> float:
         """FID over every sample seen so far."""

@@ -8,6 +8,7 @@
 """
 
 from ._config import PRESETS, Preset, StudyConfig
+from ._confirm import Confirmation, ConfirmedRow, confirm_name, queue_confirmations, summarize_confirmation
 from ._dashboard import dashboard_app, serve_dashboard
 from ._export import export_schedules, schedule_entry
 from ._launch import (
@@ -43,6 +44,11 @@ from ._worker import Interrupted, WorkerIdentity, WorkerReport, run_worker, sign
 
 __all__ = [
     "StudyConfig",
+    "Confirmation",
+    "ConfirmedRow",
+    "confirm_name",
+    "queue_confirmations",
+    "summarize_confirmation",
     "Preset",
     "PRESETS",
     "SPACES",

@@ -32,10 +32,13 @@ __all__ = ["StudyConfig", "Preset", "PRESETS", "RHO_MAX", "CURVE_MAX"]
 CONFIG_VERSION = 1
 RHO_MAX = 3.0  # ρ > 3 triples a skip: far outside anything Skip-Tuning or FreeU found useful
 CURVE_MAX = 4.0  # γ = 4^curve spans 1/256 … 256 at the bound
-MAX_SAMPLES = 10_000_000
+MAX_SAMPLES = 1_000_000
+NOISE_SEED_OFFSET = 1_000_000  # the baseline's second seed set (the proxy's noise estimate) starts here
+CONFIRM_SEED_OFFSET = 100_000_000  # held-out seeds of the confirmation start here by default
 
 # Fields that do not change a trial's score: a joining worker may differ in these.
-OPERATIONAL = {"checkpoint", "features_weights", "reference", "batch_size", "trials", "artifacts"}
+OPERATIONAL = {"checkpoint", "features_weights", "reference", "batch_size", "trials", "artifacts", "enqueue_probes",
+               "confirm_top"}
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,10 @@ class StudyConfig:
     trials: int = 20
     enqueue_paper: bool = True
     enqueue_probes: bool = True
+    confirm_top: int = 3  # best schedules re-scored on held-out seeds once the budget is spent (0: none)
+    confirm_samples: int = 0  # 0: 4 × samples
+    confirm_seed_start: int = CONFIRM_SEED_OFFSET  # held-out seeds, disjoint from the search's
+    bootstrap: int = 200  # resamples for the confirmed intervals
     artifacts: str = "skipsearch-artifacts"
     version: int = CONFIG_VERSION
 
@@ -117,6 +124,16 @@ class StudyConfig:
     @property
     def seeds(self) -> range:
         return range(self.seed_start, self.seed_start + self.samples)
+
+    @property
+    def confirmation_seeds(self) -> range:
+        n = self.confirm_samples or 4 * self.samples
+        return range(self.confirm_seed_start, self.confirm_seed_start + n)
+
+    @property
+    def noise_seeds(self) -> range:
+        start = self.seed_start + NOISE_SEED_OFFSET
+        return range(start, start + self.samples)
 
     @property
     def metric_name(self) -> str:
@@ -138,6 +155,14 @@ class StudyConfig:
             raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.seed_start < 0:
             raise ConfigError(f"seeds must be non-negative, got {self.seed_start}")
+        if self.confirm_top < 0 or self.confirm_samples < 0 or self.bootstrap < 20:
+            raise ConfigError("confirmation needs confirm_top >= 0, confirm_samples >= 0 and bootstrap >= 20 resamples")
+        for name, seeds in (("noise", self.noise_seeds), ("confirmation", self.confirmation_seeds)):
+            if seeds.start < self.seeds.stop and self.seeds.start < seeds.stop:
+                raise ConfigError(f"the {name} seeds {seeds.start}..{seeds.stop - 1} overlap the search seeds; "
+                                  "held-out seeds must be disjoint")
+        if self.confirmation_seeds.start < self.noise_seeds.stop and self.noise_seeds.start < self.confirmation_seeds.stop:
+            raise ConfigError("the confirmation seeds overlap the noise-estimate seeds; choose another confirm_seed_start")
         if not self.fidelity or not all(0 < f <= 1 for f in self.fidelity):
             raise ConfigError(f"fidelity steps are fractions of --samples in (0, 1], got {list(self.fidelity)}")
         for name, (lo, hi) in (("rho", self.rho_bounds), ("curve", self.curve_bounds), ("sigma", self.sigma_bounds)):

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from sqlalchemy.engine import URL
 
-from .. import ScheduleDocument, ScheduleEntry, SkipSchedule, dump_schedules, entry_from_schedule
+from .. import SOLVERS, ScheduleDocument, ScheduleEntry, SkipSchedule, dump_schedules, entry_from_schedule
 from ..errors import StudyError
 from ..fileio import check_output_path
 from ._storage import StorageSettings, open_storage, resolve_url
@@ -22,22 +22,45 @@ __all__ = ["export_schedules", "schedule_entry"]
 
 
 def schedule_entry(summary: StudySummary) -> ScheduleEntry:
+    """The study's best schedule: the confirmed best once its confirmation is done (with the
+    `confirmed` block), else the search's best."""
     c = summary.config
-    assert summary.best_rho is not None and summary.best is not None
+    confirmation = summary.confirmation if summary.confirmed else None
+    confirmed = None
+    if confirmation is not None:
+        best, base = confirmation.best, confirmation.baseline
+        assert best is not None
+        rho, sigma_range, params, trial = best.rho, best.sigma_range, best.params, best.source_trial
+        search_value = best.search_value
+        if base is not None and best.gain is not None and best.gain_interval is not None:
+            confirmed = {
+                "seeds": list(confirmation.seeds), "samples": confirmation.samples, "value": best.value,
+                "interval": list(best.interval), "baseline": base.value, "baseline_interval": list(base.interval),
+                "gain": best.gain, "gain_interval": list(best.gain_interval), "significant": bool(best.significant),
+                "fid_infinity": best.fid_infinity, "resamples": confirmation.resamples,
+            }
+    else:
+        rho, sigma_range, params, trial = summary.best_rho, summary.best_sigma_range, summary.best_params, summary.best_trial
+        search_value = summary.best
+    assert rho is not None and search_value is not None
     return entry_from_schedule(
-        SkipSchedule(summary.best_rho, summary.best_sigma_range),
+        SkipSchedule(rho, sigma_range),
         model_name=c.model_name,
         model_family=c.model,
         model_sha256=c.checkpoint_sha256 or None,
         solver=c.solver,
         nfe=c.nfe,
         time_exponent=c.time_exponent,
-        params=dict(summary.best_params),
-        score={"metric": "proxy-fid", "value": summary.best, "samples": c.samples, "features": c.features,
+        params=dict(params),
+        score={"metric": "proxy-fid", "value": search_value, "samples": c.samples, "features": c.features,
                "reference_sha256": c.reference_sha256 or None, "seed_start": c.seed_start,
                "noise": summary.noise, "significant": summary.significant},
         baseline={"value": summary.baseline} if summary.baseline is not None else None,
-        study={"name": summary.name, "trial": summary.best_trial, "trials_complete": summary.complete},
+        study={"name": summary.name, "trial": trial, "trials_complete": summary.complete},
+        solver_params=dict(SOLVERS.lookup(c.solver).params),
+        sigmas=summary.sigmas,
+        sites=summary.site_info,
+        confirmed=confirmed,
     )
 
 

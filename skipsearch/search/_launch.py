@@ -28,8 +28,17 @@ from ..errors import UsageError
 from ..scoring import make_scorer
 from ..target import Target, load_target
 from ._config import StudyConfig
+from ._confirm import warm_points
 from ._storage import ENV_VAR, Retrying, StorageSettings, open_storage, resolve_url
-from ._study import REASON_ATTR, Prepared, counts_toward_budget, load_study, prepare_study
+from ._study import (
+    REASON_ATTR,
+    SIGMAS_ATTR,
+    SITE_INFO_ATTR,
+    Prepared,
+    counts_toward_budget,
+    load_study,
+    prepare_study,
+)
 from ._summary import StudySummary, summarize
 
 __all__ = [
@@ -64,7 +73,13 @@ def prepare_studies(
                       target))
     storage = open_storage(url, settings, create=True)
     db = Retrying(url, settings)
-    return [db(prepare_study, storage, url, config, target.sites) for config, target in ready]
+    prepared = []
+    for config, target in ready:
+        describe = {SITE_INFO_ATTR: target.site_info(),
+                    SIGMAS_ATTR: target.sigmas(config.solver, config.nfe, config.time_exponent)}
+        warm = db(warm_points, storage, config)
+        prepared.append(db(prepare_study, storage, url, config, target.sites, describe, warm))
+    return prepared
 
 
 def worker_devices(device: str | None = "auto", gpus: str | None = None) -> list[str]:

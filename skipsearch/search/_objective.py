@@ -22,9 +22,8 @@ from ..scoring import ProxyFID
 from ..target import Target
 from ._config import StudyConfig
 
-__all__ = ["Evaluation", "evaluate", "NonFiniteSamples", "SampleGrid", "NOISE_SEED_OFFSET"]
+__all__ = ["Evaluation", "evaluate", "NonFiniteSamples", "SampleGrid", "finite_guard"]
 
-NOISE_SEED_OFFSET = 1_000_000  # the baseline's second seed set, for the proxy's noise estimate
 GRID_IMAGES = 64
 
 
@@ -68,6 +67,19 @@ class Evaluation:
         return self.samples / self.seconds if self.seconds > 0 else None
 
 
+def finite_guard(first_seed: Callable[[], int]) -> Callable[[torch.Tensor], None]:
+    """A check for each batch of raw samples: any NaN or infinity ends the evaluation."""
+
+    def guard(x: torch.Tensor) -> None:
+        finite = torch.isfinite(x.reshape(len(x), -1)).all(dim=1)
+        if not bool(finite.all()):
+            bad = int((~finite).sum())
+            kind = "NaN" if bool(torch.isnan(x).any()) else "infinite"
+            raise NonFiniteSamples(f"non-finite samples: {bad}/{len(x)} {kind} in the batch from seed {first_seed()}")
+
+    return guard
+
+
 def evaluate(
     config: StudyConfig,
     target: Target,
@@ -85,12 +97,7 @@ def evaluate(
     record = record if record is not None else Evaluation()
     seeds = seeds if seeds is not None else config.seeds
 
-    def guard(x: torch.Tensor) -> None:
-        finite = torch.isfinite(x.reshape(len(x), -1)).all(dim=1)
-        if not bool(finite.all()):
-            bad = int((~finite).sum())
-            kind = "NaN" if bool(torch.isnan(x).any()) else "infinite"
-            raise NonFiniteSamples(f"non-finite samples: {bad}/{len(x)} {kind} in the batch from seed {seeds[0] + record.samples}")
+    guard = finite_guard(lambda: seeds[0] + record.samples)
 
     def count(done: int, total: int) -> None:
         record.samples = done

@@ -34,6 +34,8 @@ __all__ = [
     "CONFIG_ATTR",
     "FINGERPRINT_ATTR",
     "SITES_ATTR",
+    "SITE_INFO_ATTR",
+    "SIGMAS_ATTR",
     "BUDGET_ATTR",
     "NOISE_ATTR",
     "KIND_ATTR",
@@ -51,9 +53,11 @@ __all__ = [
 CONFIG_ATTR = "skipsearch_config"
 FINGERPRINT_ATTR = "skipsearch_fingerprint"
 SITES_ATTR = "skipsearch_num_skips"
+SITE_INFO_ATTR = "skipsearch_sites"  # per site: index, resolution, channels, block and encoder paths
+SIGMAS_ATTR = "skipsearch_sigmas"  # the σ steps of the study's solver and NFE on its network
 BUDGET_ATTR = "skipsearch_budget"
 NOISE_ATTR = "skipsearch_baseline_noise"
-KIND_ATTR = "skipsearch_trial_kind"  # baseline, paper, probe, search (and retries keep their kind)
+KIND_ATTR = "skipsearch_trial_kind"  # baseline, warm, paper, probe, search (retries keep their kind)
 COUNTED_ATTR = "skipsearch_counted"  # a FAIL that used up its slot (its schedule failed, not its worker)
 REASON_ATTR = "fail_reason"
 
@@ -104,8 +108,11 @@ def _enqueue(study: optuna.Study, params: dict[str, float], kind: str) -> None:
     study.enqueue_trial(params, user_attrs={KIND_ATTR: kind}, skip_if_exists=False)
 
 
-def _seed(study: optuna.Study, config: StudyConfig, sites: Sequence[SkipSite], budget: int) -> None:
-    """Enqueue what is missing so that queued + running + finished = budget (idempotent)."""
+def _seed(study: optuna.Study, config: StudyConfig, sites: Sequence[SkipSite], budget: int,
+          warm: Sequence[tuple[str, dict[str, float]]] = ()) -> None:
+    """Enqueue what is missing so that queued + running + finished = budget (idempotent): the
+    baseline, the neighbouring NFEs' confirmed best (warm starts), the paper's point, the probes,
+    then empty slots for the sampler."""
     trials = study.get_trials(deepcopy=False)
     kinds = {t.user_attrs.get(KIND_ATTR) for t in trials}
     space = SPACES.lookup(config.space)
@@ -114,6 +121,11 @@ def _seed(study: optuna.Study, config: StudyConfig, sites: Sequence[SkipSite], b
     if "baseline" not in kinds and missing > 0:
         _enqueue(study, space.baseline(config, sites), "baseline")
         missing -= 1
+    warmed = {t.user_attrs.get("warm_from") for t in trials}
+    for source, params in warm:
+        if missing > 0 and source not in warmed and in_bounds(params, config, sites):
+            study.enqueue_trial(params, user_attrs={KIND_ATTR: "warm", "warm_from": source}, skip_if_exists=False)
+            missing -= 1
     paper = space.paper(config, sites)
     if config.enqueue_paper and "paper" not in kinds and missing > 0 and in_bounds(paper, config, sites):
         _enqueue(study, paper, "paper")
@@ -127,10 +139,14 @@ def _seed(study: optuna.Study, config: StudyConfig, sites: Sequence[SkipSite], b
         _enqueue(study, {}, "search")
 
 
-def prepare_study(storage: BaseStorage, url: URL, config: StudyConfig, sites: Sequence[SkipSite]) -> Prepared:
+def prepare_study(storage: BaseStorage, url: URL, config: StudyConfig, sites: Sequence[SkipSite],
+                  describe: dict[str, Any] | None = None,
+                  warm: Sequence[tuple[str, dict[str, float]]] = ()) -> Prepared:
     """Create the study (or join it when it exists with the same config) and fill its queue.
 
     A larger `config.trials` than the study's budget extends it; a smaller one leaves it.
+    `describe` (site info, σ steps) is stored with a new study for the export; `warm` are the
+    neighbouring NFEs' confirmed best parameters, queued once each after the baseline.
     """
     with storage_lock(url, f"study:{config.study_name}"):
         created = True
@@ -146,6 +162,8 @@ def prepare_study(storage: BaseStorage, url: URL, config: StudyConfig, sites: Se
             study.set_user_attr(FINGERPRINT_ATTR, config.fingerprint())
             study.set_user_attr(SITES_ATTR, len(sites))
             study.set_user_attr(BUDGET_ATTR, config.trials)
+            for key, value in (describe or {}).items():
+                study.set_user_attr(key, value)
             study.set_metric_names([config.metric_name])
             budget = config.trials
         else:
@@ -155,7 +173,7 @@ def prepare_study(storage: BaseStorage, url: URL, config: StudyConfig, sites: Se
                 previous, budget = budget, config.trials
                 study.set_user_attr(BUDGET_ATTR, budget)
             config = existing
-        _seed(study, config, sites, budget)
+        _seed(study, config, sites, budget, warm)
         complete = _complete(study, budget)
     return Prepared(study, config, created, budget, previous, complete)
 

@@ -12,7 +12,17 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from ._config import StudyConfig
-from ._study import COUNTED_ATTR, KIND_ATTR, NOISE_ATTR, REASON_ATTR, list_studies, study_budget
+from ._confirm import Confirmation, summarize_confirmation
+from ._study import (
+    COUNTED_ATTR,
+    KIND_ATTR,
+    NOISE_ATTR,
+    REASON_ATTR,
+    SIGMAS_ATTR,
+    SITE_INFO_ATTR,
+    list_studies,
+    study_budget,
+)
 
 __all__ = ["StudySummary", "RunningTrial", "summarize", "study_summaries", "format_change"]
 
@@ -55,6 +65,14 @@ class StudySummary:
     trial_seconds: float | None  # mean wall time of a finished trial
     running_trials: list[RunningTrial] = field(default_factory=list)
     fail_reasons: list[str] = field(default_factory=list)
+    confirmation: Confirmation | None = None
+    site_info: list[dict[str, Any]] | None = None
+    sigmas: list[float] | None = None
+
+    @property
+    def confirmed(self) -> bool:
+        """A finished confirmation ranks the schedules from here on, not the search score."""
+        return self.confirmation is not None and self.confirmation.done and self.confirmation.best is not None
 
     @property
     def finished(self) -> int:
@@ -73,8 +91,19 @@ class StudySummary:
 
     @property
     def change(self) -> float | None:
-        """Relative FID change of the best schedule against the baseline (negative is better)."""
+        """Relative FID change of the best schedule against the baseline (negative is better):
+        the confirmed one once a confirmation is done, else the search's."""
+        if self.confirmed:
+            gain = self.confirmation.best.gain  # type: ignore[union-attr]
+            return None if gain is None else -gain
         return None if self.gain is None else -self.gain
+
+    @property
+    def change_significant(self) -> bool | None:
+        """The confirmed gain's interval excludes 0; before confirmation: beyond the seed noise."""
+        if self.confirmed:
+            return self.confirmation.best.significant  # type: ignore[union-attr]
+        return self.significant
 
     @property
     def significant(self) -> bool | None:
@@ -115,6 +144,7 @@ class StudySummary:
             "best_sigma_range": self.best_sigma_range,
             "images_per_s": self.images_per_s,
             "fail_reasons": self.fail_reasons,
+            "confirmation": self.confirmation.to_json() if self.confirmation is not None else None,
         }
 
 
@@ -156,6 +186,9 @@ def summarize(study: optuna.Study, config: StudyConfig, trials: Sequence[FrozenT
         trial_seconds=sum(seconds) / len(seconds) if seconds else None,
         running_trials=[_running(t, config) for t in by_state[TrialState.RUNNING]],
         fail_reasons=sorted({str(t.user_attrs.get(REASON_ATTR)) for t in failed if t.user_attrs.get(REASON_ATTR)}),
+        confirmation=summarize_confirmation(study._storage, study.study_name, config),
+        site_info=study.user_attrs.get(SITE_INFO_ATTR),
+        sigmas=study.user_attrs.get(SIGMAS_ATTR),
     )
 
 

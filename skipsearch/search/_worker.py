@@ -35,15 +35,25 @@ from sqlalchemy.engine import URL
 
 from .. import SkipSchedule
 from ..errors import StudyError
-from ..scoring import ProxyFID, make_scorer
+from ..scoring import ProxyFID, make_scorer, score_confirmed
 from ..target import Target, load_target, source_sha256
 from ._config import StudyConfig
 from ._notes import update_study_note
-from ._objective import NOISE_SEED_OFFSET, Evaluation, NonFiniteSamples, SampleGrid, evaluate
+from ._confirm import (
+    CONFIRMS_ATTR,
+    SOURCE_ATTR,
+    bootstrap_seed,
+    confirm_name,
+    is_confirmation,
+    prepare_confirmation,
+    push_warm_start,
+    search_done,
+)
+from ._objective import Evaluation, NonFiniteSamples, SampleGrid, evaluate, finite_guard
 from ._samplers import make_pruner, make_sampler
 from ._space import SPACES, suggest_params
 from ._storage import Retrying, StorageSettings, open_storage, resolve_url
-from ._study import KIND_ATTR, NOISE_ATTR, SITES_ATTR, list_studies, load_study
+from ._study import KIND_ATTR, NOISE_ATTR, SITES_ATTR, list_studies, load_study, study_budget
 from ._trials import Heartbeat, claim, fail, sweep
 
 __all__ = ["run_worker", "WorkerReport", "WorkerIdentity", "Interrupted", "signals_interrupt"]
@@ -189,13 +199,37 @@ class _Worker:
         self.db = Retrying(url, settings, log)
         self.report = WorkerReport()
         self.evaluate = evaluate
+        self.confirmations: dict[str, optuna.Study | None] = {}
+        self.confirm_only = False
 
     # -- studies ---------------------------------------------------------------------------
 
     def studies(self, names: Sequence[str] | None) -> list[tuple[optuna.Study, StudyConfig]]:
-        if names:
-            return [self.db(load_study, self.storage, name) for name in names]
-        return [self.db(load_study, self.storage, name) for name, _ in self.db(list_studies, self.storage)]
+        """The search studies (named, or all), each followed by its confirmation once the search is
+        done: the confirmation is queued here, by whichever worker first finds the budget spent."""
+        names = list(names) if names else [name for name, _ in self.db(list_studies, self.storage)]
+        out = []
+        for name in names:
+            study, config = self.db(load_study, self.storage, name)
+            if not self.confirm_only:
+                out.append((study, config))
+            if not config.confirm_top and not self.confirm_only:
+                continue
+            if name not in self.confirmations:
+                trials = self.db(study.get_trials, deepcopy=False)
+                if self.confirm_only:  # queued by `skipsearch confirm`: join what is there
+                    try:
+                        self.confirmations[name] = optuna.load_study(study_name=confirm_name(name), storage=self.storage)
+                    except KeyError:
+                        continue
+                elif not search_done(trials, study_budget(study, config)):
+                    continue
+                else:
+                    with _GATE.critical():
+                        self.confirmations[name] = self.db(prepare_confirmation, self.storage, self.url, study, config)
+            if self.confirmations[name] is not None:
+                out.append((self.confirmations[name], config))
+        return out
 
     def sweep(self, study: optuna.Study) -> None:
         # After an outage every worker's heartbeats were blocked alike: give them a grace period
@@ -219,7 +253,7 @@ class _Worker:
     def run(self, names: Sequence[str] | None) -> WorkerReport:
         while True:
             studies = self.studies(names)
-            self.report.studies = [s.study_name for s, _ in studies]
+            self.report.studies = [s.study_name for s, _ in studies if not is_confirmation(s)]
             waiting_on_others = False
             for study, config in studies:
                 self.sweep(study)
@@ -244,11 +278,18 @@ class _Worker:
                   trial_id: int) -> None:
         space = SPACES.lookup(config.space)
         number = self.db(self.storage.get_trial_number_from_id, trial_id)
-        study.sampler = make_sampler(config, number, lambda p: space.vector(p, config, target.sites))
-        study.pruner = make_pruner(config)
+        confirming = is_confirmation(study)
+        if confirming:  # every job's parameters are fixed: nothing to sample, nothing to prune
+            study.sampler, study.pruner = optuna.samplers.RandomSampler(seed=number), optuna.pruners.NopPruner()
+        else:
+            study.sampler = make_sampler(config, number, lambda p: space.vector(p, config, target.sites))
+            study.pruner = make_pruner(config)
         with Heartbeat(self.storage, trial_id, self.settings.heartbeat_interval, self.log):
             try:
-                self._evaluate(study, config, target, scorer, trial_id, number)
+                if confirming:
+                    self._confirm(study, config, target, scorer, trial_id, number)
+                else:
+                    self._evaluate(study, config, target, scorer, trial_id, number)
             except Interrupted as stop:
                 with _GATE.critical():
                     self.db(fail, study, trial_id, f"interrupted by {stop}", counted=False,
@@ -289,6 +330,51 @@ class _Worker:
         if kind == "baseline":
             self._estimate_noise(study, trial, config, target, scorer, schedule, record.fids[final], precision)
         self._finish(study, config, trial, record, grid, target, record.fids[final], params, number)
+
+    def _confirm(self, study: optuna.Study, config: StudyConfig, target: Target, scorer: ProxyFID,
+                 trial_id: int, number: int) -> None:
+        """One confirmation job: the schedule on the held-out seeds, with bootstrap replicates."""
+        db = self.db
+        trial = db(optuna.Trial, study, trial_id)
+        params = db(suggest_params, trial, config, target.sites)
+        schedule = SPACES.lookup(config.space).schedule(params, config, target.sites)
+        precision = target.precision(config.precision, self.resources.device)
+        db(self._set_attrs, trial, {"worker": self.identity.label, "precision": precision})
+        seeds = config.confirmation_seeds
+        done = [0]
+        write_progress = self._progress_writer(trial)
+
+        def progress(n: int, total: int) -> None:
+            done[0] = n
+            write_progress(n, total)
+
+        start = time.perf_counter()
+        result = score_confirmed(
+            scorer, target.net, seeds, solver=config.solver, nfe=config.nfe, schedule=schedule,
+            resamples=config.bootstrap, bootstrap_seed=bootstrap_seed(study.user_attrs[CONFIRMS_ATTR]),
+            batch_size=config.batch_size, precision=precision, time_exponent=config.time_exponent,  # type: ignore[arg-type]
+            on_samples=finite_guard(lambda: seeds[0] + done[0]), progress=progress,
+        )
+        seconds = time.perf_counter() - start
+        db(self._set_attrs, trial, {
+            "bootstrap": result.bootstrap, "fid_steps": {str(k): v for k, v in result.fid_steps.items()},
+            "fid_infinity": result.fid_infinity, "samples": result.samples, "seconds": round(seconds, 3),
+            "images_per_s": round(result.samples / seconds, 2) if seconds > 0 else None,
+        })
+        with _GATE.critical():
+            frozen = db(study.tell, trial, result.value, skip_if_finished=True)
+        if frozen.state == TrialState.FAIL:
+            raise UpdateFinishedTrialError(f"confirmation {number} already failed")
+        self.report.outcomes["confirmed"] += 1
+        kind = trial.user_attrs.get(KIND_ATTR, "search")
+        source = trial.user_attrs.get(SOURCE_ATTR)
+        self.log(f"{study.study_name}: {kind} (trial {source}) confirmed: FID {result.value:.2f} on "
+                 f"{result.samples} held-out samples {seconds:.0f} s")
+        parent = study.user_attrs[CONFIRMS_ATTR]
+        with _GATE.critical():
+            warmed = self.db(push_warm_start, self.storage, self.url, parent, config)
+        for name in warmed:
+            self.log(f"{name}: starts from {parent}'s confirmed best (warm start)")
 
     def _finish(self, study: optuna.Study, config: StudyConfig, trial: optuna.Trial, record: Evaluation,
                 grid: SampleGrid, target: Target, value: float | None, params: dict[str, Any], number: int) -> None:
@@ -346,9 +432,8 @@ class _Worker:
     def _estimate_noise(self, study: optuna.Study, trial: optuna.Trial, config: StudyConfig, target: Target,
                         scorer: ProxyFID, schedule: SkipSchedule, value: float, precision: str) -> None:
         """Score the baseline again on disjoint seeds: |ΔFID| is what seed noise alone can do."""
-        start = config.seed_start + NOISE_SEED_OFFSET
         other = list(self.evaluate(config, target, scorer, schedule, precision=precision,
-                              seeds=range(start, start + config.samples),
+                              seeds=config.noise_seeds,
                               steps=[config.samples]))[-1][1]
         self.db(trial.set_user_attr, "fid_second_seed_set", other)
         self.db(study.set_user_attr, NOISE_ATTR, abs(other - value))
@@ -377,12 +462,14 @@ def run_worker(
     log: Log = print,
     evaluation: Evaluate = evaluate,
     compile: bool = False,
+    confirm_only: bool = False,
 ) -> WorkerReport:
     """Run queued trials of the named studies (default: every skipsearch study) until none is left.
 
     SIGTERM/SIGINT raise `Interrupted` after the running trial was failed and re-queued.
     `evaluation` replaces the objective (benchmarks time the rest of the worker with a fixed cost);
-    `compile` compiles the network's blocks (worth it for long GPU searches; see Target.compile).
+    `compile` compiles the network's blocks (worth it for long GPU searches; see Target.compile);
+    `confirm_only` runs queued confirmation jobs and no search trial.
     """
     url = resolve_url(storage_url)
     storage = open_storage(url, settings)
@@ -397,6 +484,7 @@ def run_worker(
     identity = WorkerIdentity(device=device)
     worker = _Worker(url, storage, settings, identity, _Resources(device, dict(overrides or {}), compile), log,
                      evaluation)
+    worker.confirm_only = confirm_only
     with signals_interrupt():
         return worker.run(study_names)
 

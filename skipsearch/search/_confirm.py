@@ -1,0 +1,301 @@
+"""Confirmation: the best schedules re-scored on held-out seeds, with intervals, before export.
+
+The minimum of many noisy scores is biased low (the winner's curse), so once a study's budget is
+spent, its top-k schedules (plus the paper's point and the baseline) are scored again on seeds the
+search never saw, with common random numbers across them. The jobs are trials of a companion
+study `NAME/confirm`, queued once under the storage lock, so several workers share them exactly
+as they share search trials: claimed atomically, kept alive by heartbeats, re-queued when their
+worker dies, never scored twice.
+
+Each job keeps B FIDs of one shared set of bootstrap draws over samples; because the draws are
+shared, the baseline's and a schedule's replicates are paired and the gain's interval is tight.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+from optuna.exceptions import DuplicatedStudyError
+from optuna.storages import BaseStorage
+from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy.engine import URL
+
+from ..scoring import gain_between, interval_of
+from ._config import StudyConfig
+from ._storage import storage_lock
+from ._study import KIND_ATTR, load_study
+
+__all__ = [
+    "CONFIRM_SUFFIX",
+    "CONFIRMS_ATTR",
+    "SOURCE_ATTR",
+    "confirm_name",
+    "is_confirmation",
+    "prepare_confirmation",
+    "Confirmation",
+    "ConfirmedRow",
+    "summarize_confirmation",
+    "bootstrap_seed",
+    "queue_confirmations",
+    "search_done",
+    "warm_points",
+    "push_warm_start",
+    "WARM_FROM_ATTR",
+]
+
+CONFIRM_SUFFIX = "/confirm"
+CONFIRMS_ATTR = "skipsearch_confirms"  # on a confirmation study: the study it confirms
+SOURCE_ATTR = "source_trial"  # on a job: the search trial whose schedule it re-scores
+SEARCH_VALUE_ATTR = "search_value"
+
+
+def confirm_name(study_name: str) -> str:
+    return study_name + CONFIRM_SUFFIX
+
+
+def is_confirmation(study: optuna.Study) -> bool:
+    return CONFIRMS_ATTR in study.user_attrs
+
+
+def bootstrap_seed(study_name: str) -> int:
+    """The draws every job of one confirmation shares (what pairs them)."""
+    return int.from_bytes(hashlib.sha256(f"skipsearch-bootstrap/{study_name}".encode()).digest()[:4], "little")
+
+
+def _key(trial: FrozenTrial) -> tuple[float, ...]:
+    return tuple(round(v, 9) for _, v in sorted(trial.params.items()))
+
+
+def plan(trials: Sequence[FrozenTrial], top: int) -> list[FrozenTrial]:
+    """The baseline, the `top` best distinct complete schedules, and the paper's point."""
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    baseline = [t for t in complete if t.user_attrs.get(KIND_ATTR) == "baseline"][:1]
+    chosen: list[FrozenTrial] = []
+    seen = {_key(t) for t in baseline}
+    for t in sorted(complete, key=lambda t: (t.value, t.number)):
+        if len(chosen) == top:
+            break
+        if _key(t) not in seen:
+            chosen.append(t)
+            seen.add(_key(t))
+    paper = [t for t in complete if t.user_attrs.get(KIND_ATTR) == "paper" and _key(t) not in seen][:1]
+    return baseline + chosen + paper
+
+
+def search_done(trials: Sequence[FrozenTrial], budget: int) -> bool:
+    from ._study import counts_toward_budget
+
+    active = any(t.state in (TrialState.WAITING, TrialState.RUNNING) for t in trials)
+    return not active and sum(counts_toward_budget(t) for t in trials) >= budget
+
+
+def prepare_confirmation(storage: BaseStorage, url: URL, study: optuna.Study,
+                         config: StudyConfig) -> optuna.Study | None:
+    """Create `NAME/confirm` and queue its jobs, once, whatever the number of workers asking.
+    None when there is nothing to confirm (no trial completed)."""
+    name = confirm_name(study.study_name)
+    jobs = plan(study.get_trials(deepcopy=False), config.confirm_top)
+    if not jobs:
+        return None
+    with storage_lock(url, f"confirm:{study.study_name}"):
+        try:
+            confirm = optuna.create_study(storage=storage, study_name=name, direction="minimize")
+            confirm.set_user_attr(CONFIRMS_ATTR, study.study_name)
+            seeds = config.confirmation_seeds
+            confirm.set_metric_names([f"proxy FID ({len(seeds)} held-out samples)"])
+        except DuplicatedStudyError:
+            confirm = optuna.load_study(study_name=name, storage=storage)
+        queued = {t.user_attrs.get(SOURCE_ATTR) for t in confirm.get_trials(deepcopy=False)}
+        for source in jobs:
+            if source.number in queued:
+                continue
+            attrs = {KIND_ATTR: source.user_attrs.get(KIND_ATTR, "search"), SOURCE_ATTR: source.number,
+                     SEARCH_VALUE_ATTR: source.value, "rho": source.user_attrs.get("rho"),
+                     "sigma_range": source.user_attrs.get("sigma_range")}
+            confirm.enqueue_trial(dict(source.params), user_attrs=attrs, skip_if_exists=False)
+    return confirm
+
+
+@dataclass(frozen=True)
+class ConfirmedRow:
+    source_trial: int
+    kind: str
+    params: dict[str, float]
+    rho: list[float] | None
+    sigma_range: list[float] | None
+    search_value: float | None
+    value: float
+    interval: tuple[float, float]
+    fid_infinity: float | None
+    gain: float | None = None  # share of the baseline's FID removed (positive is better)
+    gain_interval: tuple[float, float] | None = None
+
+    @property
+    def significant(self) -> bool | None:
+        """Does the gain's 95% interval exclude 0?"""
+        if self.gain_interval is None:
+            return None
+        return self.gain_interval[0] > 0 or self.gain_interval[1] < 0
+
+
+@dataclass(frozen=True)
+class Confirmation:
+    """A study's confirmation as far as it has run."""
+
+    study: str
+    seeds: tuple[int, int]  # first and last held-out seed
+    samples: int
+    resamples: int
+    jobs: int
+    rows: list[ConfirmedRow] = field(default_factory=list)
+    settled: bool = False  # every job finished (a job can fail for good: non-finite samples)
+
+    @property
+    def done(self) -> bool:
+        return self.jobs > 0 and self.settled
+
+    @property
+    def baseline(self) -> ConfirmedRow | None:
+        return next((r for r in self.rows if r.kind == "baseline"), None)
+
+    @property
+    def best(self) -> ConfirmedRow | None:
+        """The best schedule by its confirmed score (the baseline is the yardstick, not a candidate)."""
+        candidates = [r for r in self.rows if r.kind != "baseline"]
+        return min(candidates, key=lambda r: r.value) if candidates else None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "seeds": list(self.seeds), "samples": self.samples, "resamples": self.resamples, "done": self.done,
+            "rows": [{"trial": r.source_trial, "kind": r.kind, "search_value": r.search_value, "value": r.value,
+                      "interval": list(r.interval), "fid_infinity": r.fid_infinity, "gain": r.gain,
+                      "gain_interval": list(r.gain_interval) if r.gain_interval else None,
+                      "significant": r.significant} for r in self.rows],
+        }
+
+
+def summarize_confirmation(storage: BaseStorage, study_name: str, config: StudyConfig) -> Confirmation | None:
+    """The confirmation of `study_name`, or None when none was queued."""
+    try:
+        confirm = optuna.load_study(study_name=confirm_name(study_name), storage=storage)
+    except KeyError:
+        return None
+    trials = confirm.get_trials(deepcopy=False)
+    seeds = config.confirmation_seeds
+    done = [t for t in trials if t.state == TrialState.COMPLETE and "bootstrap" in t.user_attrs]
+    base = next((t for t in done if t.user_attrs.get(KIND_ATTR) == "baseline"), None)
+    rows = []
+    for t in sorted(done, key=lambda t: t.value):
+        reps = t.user_attrs["bootstrap"]
+        gain = gain_interval = None
+        if base is not None and t is not base:
+            gain, gain_interval = gain_between(base.value, base.user_attrs["bootstrap"], t.value, reps)
+        rows.append(ConfirmedRow(
+            source_trial=int(t.user_attrs.get(SOURCE_ATTR, -1)), kind=str(t.user_attrs.get(KIND_ATTR, "search")),
+            params=dict(t.params), rho=t.user_attrs.get("rho"), sigma_range=t.user_attrs.get("sigma_range"),
+            search_value=t.user_attrs.get(SEARCH_VALUE_ATTR), value=float(t.value), interval=interval_of(t.value, reps),
+            fid_infinity=t.user_attrs.get("fid_infinity"), gain=gain, gain_interval=gain_interval,
+        ))
+    from ._study import counts_toward_budget
+
+    sources = {t.user_attrs.get(SOURCE_ATTR) for t in trials}
+    settled = {t.user_attrs.get(SOURCE_ATTR) for t in trials if counts_toward_budget(t)}
+    return Confirmation(study_name, (seeds.start, seeds.stop - 1), len(seeds), config.bootstrap, len(sources), rows,
+                        settled >= sources)
+
+
+def parent_of(study: optuna.Study, storage: BaseStorage) -> tuple[optuna.Study, StudyConfig]:
+    return load_study(storage, study.user_attrs[CONFIRMS_ATTR])
+
+
+def finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)
+
+
+def queue_confirmations(storage_url: str | URL | None, names: Sequence[str] | None, *, top: int | None = None,
+                        now: bool = False) -> list[str]:
+    """Queue the confirmation of the named studies (default: all), on demand. A study still searching
+    is refused unless `now` (then its current best are confirmed); `top` confirms more (or fewer)
+    than the study's setting. Returns the studies whose confirmation is queued or done."""
+    from ..errors import StudyError
+    from ._storage import StorageSettings, open_storage, resolve_url
+    from ._study import list_studies, study_budget
+
+    url = resolve_url(storage_url)
+    storage = open_storage(url, StorageSettings())
+    wanted = list(names) if names else [name for name, _ in list_studies(storage)]
+    out = []
+    for name in wanted:
+        study, config = load_study(storage, name)
+        trials = study.get_trials(deepcopy=False)
+        if not now and not search_done(trials, study_budget(study, config)):
+            finished = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+            raise StudyError(f"study {name!r} is still searching ({finished}/{study_budget(study, config)} trials); "
+                             "its workers confirm it when the budget is spent, or confirm its current best with --now")
+        if top is not None:
+            config = config.with_overrides(confirm_top=top)
+        if prepare_confirmation(storage, url, study, config) is not None:
+            out.append(name)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Warm starts across NFE
+
+WARM_FROM_ATTR = "warm_from"
+
+
+def neighbours(storage: BaseStorage, config: StudyConfig) -> list[tuple[str, StudyConfig]]:
+    """The studies of the same model, solver and space at the nearest lower and higher NFE."""
+    from ._study import list_studies
+
+    siblings = [(name, c) for name, c in list_studies(storage)
+                if c.model_name == config.model_name and c.solver == config.solver and c.space == config.space
+                and c.nfe != config.nfe]
+    lower = [s for s in siblings if s[1].nfe < config.nfe]
+    higher = [s for s in siblings if s[1].nfe > config.nfe]
+    return ([max(lower, key=lambda s: s[1].nfe)] if lower else []) + ([min(higher, key=lambda s: s[1].nfe)] if higher else [])
+
+
+def warm_points(storage: BaseStorage, config: StudyConfig) -> list[tuple[str, dict[str, float]]]:
+    """(neighbour study, its confirmed best parameters) for each neighbour with a finished confirmation."""
+    out = []
+    for name, sibling in neighbours(storage, config):
+        confirmation = summarize_confirmation(storage, name, sibling)
+        if confirmation is not None and confirmation.done and confirmation.best is not None:
+            out.append((name, dict(confirmation.best.params)))
+    return out
+
+
+def push_warm_start(storage: BaseStorage, url: URL, study_name: str, config: StudyConfig) -> list[str]:
+    """A confirmation just finished: hand its best to neighbours still searching, in place of one of
+    their empty queued slots (once per neighbour). Returns the studies that took it."""
+    from ._study import KIND_ATTR as KIND
+
+    confirmation = summarize_confirmation(storage, study_name, config)
+    if confirmation is None or not confirmation.done or confirmation.best is None:
+        return []
+    params = dict(confirmation.best.params)
+    taken = []
+    for name, _ in neighbours(storage, config):
+        with storage_lock(url, f"study:{name}"):
+            study = optuna.load_study(study_name=name, storage=storage)
+            trials = study.get_trials(deepcopy=False)
+            if any(t.user_attrs.get(WARM_FROM_ATTR) == study_name for t in trials):
+                continue
+            empty = [t for t in trials if t.state == TrialState.WAITING and not t.system_attrs.get("fixed_params")]
+            for slot in empty:  # take it from the queue, fill it in, put it back: nobody claims it meanwhile
+                if not storage.set_trial_state_values(slot._trial_id, state=TrialState.RUNNING):
+                    continue
+                storage.set_trial_system_attr(slot._trial_id, "fixed_params", params)
+                storage.set_trial_user_attr(slot._trial_id, KIND, "warm")
+                storage.set_trial_user_attr(slot._trial_id, WARM_FROM_ATTR, study_name)
+                storage.set_trial_state_values(slot._trial_id, state=TrialState.WAITING)
+                taken.append(name)
+                break
+    return taken
