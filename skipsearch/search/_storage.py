@@ -5,8 +5,8 @@
   password (driver errors) goes through `redact`. A password may hold `/`, `@` or `:` as typed.
 - Read-only commands open with `create=False`: a missing SQLite file or an empty database is a
   clear error, never a new file.
-- `storage_lock` serialises study creation across processes and machines (a file lock beside an
-  SQLite file, an advisory lock on PostgreSQL), so concurrent launches create each study once.
+- `storage_lock` serialises study creation across processes and machines (an flock on an SQLite
+  file's folder, an advisory lock on PostgreSQL), so concurrent launches create each study once.
 - `Retrying` rides out a database outage with bounded exponential backoff.
 """
 
@@ -266,7 +266,7 @@ def open_storage(
 def storage_lock(url: str | URL | None, key: str, timeout: float = 120.0) -> Iterator[None]:
     """An exclusive lock named `key` shared by every process using this storage.
 
-    SQLite: an flock on the database file (SQLite storage is one machine's).
+    SQLite: an flock on the database's folder (SQLite storage is one machine's).
     PostgreSQL: a session advisory lock. Held for the few writes that must not interleave.
     """
     parsed = resolve_url(url)
@@ -275,9 +275,10 @@ def storage_lock(url: str | URL | None, key: str, timeout: float = 120.0) -> Ite
         if path is None:
             yield
             return
-        # flock on the database file itself: independent of SQLite's own (fcntl) locks, and no
-        # extra file beside it. Creating the file here is what opening the storage would do next.
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        # flock on the database's folder, never on the file: closing any descriptor of the file
+        # would drop the POSIX locks SQLite holds on it in this process (another thread's
+        # transaction, say). The folder needs no extra file and is always there to open.
+        fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
         try:
             deadline = time.monotonic() + timeout
             while True:
