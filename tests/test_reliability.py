@@ -209,16 +209,34 @@ def test_launch_never_orphans_its_workers(sig: int, tiny_checkpoint: Path, tmp_p
            "--study", "edm-tiny", "--solver", "euler", "--nfe", "2", "--samples", "4000", "--batch-size", "100",
            "--trials", "4", "--ref", "builtin:edm-digits", "--features", "skipsearch-digits", "--device", "cpu",
            "--heartbeat", "1", "--grace", "3"]
-    launch = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # Output to a file, not a pipe: an unread pipe that fills would stall launch, and on failure
+    # the file (and the worker's log) say what launch was doing.
+    out_path = tmp_path / "launch.out"
+    with open(out_path, "w") as out:
+        launch = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
+
+    def said() -> str:
+        logs = sorted((tmp_path / "skipsearch-artifacts" / "logs").glob("*"))
+        return out_path.read_text() + "".join(f"\n--- {f.name}\n{f.read_text()[-3000:]}" for f in logs)
+
+    def running_or_launch_gone() -> int | None:
+        if launch.poll() is not None:
+            raise AssertionError(f"launch exited ({launch.returncode}) before a trial ran")
+        return running_pid(trials_of(url, "edm-tiny/euler/nfe2"))
+
     try:
-        worker_pid = wait_for(lambda: running_pid(trials_of(url, "edm-tiny/euler/nfe2")), 180, "a running trial")
+        try:
+            worker_pid = wait_for(running_or_launch_gone, 180, "a running trial")
+        except AssertionError as e:
+            raise AssertionError(f"{e}\nlaunch said:\n{said()}") from None
         launch.send_signal(sig)
         launch.wait(timeout=60)
         wait_for(lambda: not Path(f"/proc/{worker_pid}").exists() or _zombie(worker_pid), 30, "the worker to exit")
     finally:
         if launch.poll() is None:
             launch.kill()
-    output = launch.communicate()[0]
+            launch.wait()
+    output = out_path.read_text()
     if sig == signal.SIGTERM:
         assert launch.returncode == 128 + signal.SIGTERM and "Traceback" not in output
     trials = trials_of(url, "edm-tiny/euler/nfe2")
