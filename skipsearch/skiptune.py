@@ -1,16 +1,16 @@
-"""Apply a skip schedule to an EDM-structured network without editing its code.
+"""Apply a skip schedule to a UNet without editing its code.
 
-Works by structure, so NVlabs EDM's own objects are handled exactly like ours: the UNet is the
-module holding `enc` and `dec` ModuleDicts; a decoder block pops a skip when its `in_channels`
-exceed the channels flowing into it, and the popped tensor is the trailing slice of that block's
-input. A forward pre-hook scales that slice in place — the same values as scaling the skip before
+Works by structure, so NVlabs EDM/EDM2 objects are handled exactly like ours: the UNet is the
+module holding `enc` and `dec` ModuleDicts (or a diffusers UNet's `down_blocks`/`up_blocks`); a
+decoder block pops a skip when its `in_channels` exceed the channels flowing into it, and the
+popped tensor is the trailing slice of that block's input. A forward pre-hook scales that slice in place — the same values as scaling the skip before
 `torch.cat`, with one elementwise kernel per tuned site and none at all for sites with ρ = 1.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -21,27 +21,39 @@ from torch import nn
 from .errors import ScheduleError, StructureError
 from .schedule import SkipSchedule, SkipSite
 
-__all__ = ["skip_sites", "skip_tuned", "find_unet", "StructureError"]
+__all__ = ["skip_sites", "site_paths", "skip_tuned", "SkipTuning", "find_unet", "denoiser_sigma", "StructureError"]
 
 _RES_RE = re.compile(r"^(\d+)x(\d+)_")
 _ACTIVE_ATTR = "_skipsearch_skip_tuned"
 
 
+def _is_edm(module: nn.Module) -> bool:
+    return isinstance(getattr(module, "enc", None), nn.ModuleDict) and isinstance(getattr(module, "dec", None),
+                                                                                   nn.ModuleDict)
+
+
+def _is_diffusers(module: nn.Module) -> bool:
+    return (isinstance(getattr(module, "down_blocks", None), nn.ModuleList)
+            and isinstance(getattr(module, "up_blocks", None), nn.ModuleList)
+            and isinstance(getattr(module, "conv_in", None), nn.Module))
+
+
 def find_unet(net: nn.Module) -> nn.Module:
-    """The module that owns the `enc`/`dec` ModuleDicts (the precond's `.model`, or `net` itself)."""
+    """The UNet inside `net`: the module owning EDM's `enc`/`dec` ModuleDicts (EDM, EDM2: the
+    precond's `.model`/`.unet`), or a diffusers UNet (`down_blocks`/`up_blocks`), or `net` itself."""
     for module in net.modules():
-        if isinstance(getattr(module, "enc", None), nn.ModuleDict) and isinstance(
-            getattr(module, "dec", None), nn.ModuleDict
-        ):
+        if _is_edm(module) or _is_diffusers(module):
             return module
     raise StructureError(
-        f"{type(net).__name__} has no EDM-style UNet (a module with 'enc' and 'dec' ModuleDicts); "
-        "skip schedules apply to EDM networks"
+        f"{type(net).__name__} has no EDM-style UNet (a module with 'enc' and 'dec' ModuleDicts) and no diffusers "
+        "UNet (down_blocks/up_blocks); skip schedules apply to EDM, EDM2 and diffusers UNets"
     )
 
 
 def _out_channels(module: nn.Module, name: str) -> int:
     channels = getattr(module, "out_channels", None)
+    if channels is None and hasattr(module, "channels"):  # diffusers' Downsample2D
+        channels = module.channels
     if not isinstance(channels, int):
         raise StructureError(f"encoder entry {name!r} has no integer out_channels")
     return channels
@@ -55,6 +67,42 @@ class _Consumer:
 
 
 def _analyze(unet: nn.Module) -> list[_Consumer]:
+    return _analyze_edm(unet) if _is_edm(unet) else _analyze_diffusers(unet)
+
+
+def _analyze_diffusers(unet: nn.Module) -> list[_Consumer]:
+    """diffusers UNets push conv_in's output, each down block resnet's (after its attention) and each
+    downsampler's; every up-block resnet pops one and sees cat([main, skip]) as its input."""
+    size = getattr(getattr(unet, "config", None), "sample_size", None)
+    resolution = (size if isinstance(size, int) else size[0]) if size is not None else None
+    pushed: list[tuple[str, int, int | None]] = [("conv_in", _out_channels(unet.conv_in, "conv_in"), resolution)]
+    for i, block in enumerate(unet.down_blocks):
+        for r, resnet in enumerate(block.resnets):
+            pushed.append((f"down_blocks.{i}.resnets.{r}", _out_channels(resnet, f"down_blocks.{i}.resnets.{r}"),
+                           resolution))
+        for d, down in enumerate(getattr(block, "downsamplers", None) or []):
+            resolution = resolution // 2 if resolution else None
+            pushed.append((f"down_blocks.{i}.downsamplers.{d}", _out_channels(down, f"down_blocks.{i}.downsamplers.{d}"),
+                           resolution))
+    stack = list(enumerate(pushed))
+    consumers: list[_Consumer] = []
+    for j, block in enumerate(unet.up_blocks):
+        for r, resnet in enumerate(block.resnets):
+            name = f"up_blocks.{j}.resnets.{r}"
+            if not stack:
+                raise StructureError(f"{name} expects a skip but none is left on the stack")
+            index, (producer, channels, res) = stack.pop()
+            in_channels = getattr(resnet, "in_channels", None)
+            if not isinstance(in_channels, int) or in_channels <= channels:
+                raise StructureError(f"{name} takes {in_channels} input channels, less than the {channels} of its skip")
+            consumers.append(_Consumer(SkipSite(index, res, channels, producer, name), resnet, in_channels - channels))
+    if stack:
+        raise StructureError(f"{len(stack)} down-block outputs are never consumed by the up blocks")
+    consumers.sort(key=lambda c: c.site.index)
+    return consumers
+
+
+def _analyze_edm(unet: nn.Module) -> list[_Consumer]:
     pushed: list[tuple[str, int]] = []
     for name, module in unet.enc.items():
         if "aux" not in name:
@@ -94,14 +142,32 @@ def skip_sites(net: nn.Module) -> list[SkipSite]:
     return [c.site for c in _analyze(find_unet(net))]
 
 
-class _SigmaTracker:
-    """Remembers the σ the denoiser was called with, for σ-windowed schedules."""
+def site_paths(unet: nn.Module) -> list[tuple[str, str]]:
+    """(consumer, producer) module paths of each site relative to `unet`, in push order: the names
+    another tool needs to apply a schedule without skipsearch."""
+    edm = _is_edm(unet)
+    return [(f"dec.{c.site.consumer}", f"enc.{c.site.producer}") if edm else (c.site.consumer, c.site.producer)
+            for c in _analyze(unet)]
 
-    def __init__(self) -> None:
+
+SigmaFrom = Callable[[tuple[Any, ...], dict[str, Any]], Any]
+
+
+def denoiser_sigma(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """σ of a denoiser call net(x, sigma, ...)."""
+    return kwargs.get("sigma", args[1] if len(args) > 1 else None)
+
+
+class _SigmaTracker:
+    """Remembers the σ the network was called with, for σ-windowed schedules (`sigma_from` reads it
+    from the call: a denoiser's σ argument, or a diffusers UNet's timestep mapped to σ)."""
+
+    def __init__(self, sigma_from: SigmaFrom = denoiser_sigma) -> None:
         self.sigma: torch.Tensor | None = None
+        self.sigma_from = sigma_from
 
     def before(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        sigma = kwargs.get("sigma", args[1] if len(args) > 1 else None)
+        sigma = self.sigma_from(args, kwargs)
         if sigma is None:
             raise ScheduleError("a σ-windowed schedule needs the denoiser to be called as net(x, sigma, ...)")
         self.sigma = torch.as_tensor(sigma).detach().reshape(-1)
@@ -139,42 +205,61 @@ def _make_hook(offset: int, rho: float, sigma_range: tuple[float, float] | None,
     return hook
 
 
+class SkipTuning:
+    """A schedule installed on a network (forward hooks); `remove()` restores the network.
+
+    `net` is a denoiser (EDM, EDM2, our diffusers wrapper, or NVlabs' own objects) or a bare UNet;
+    σ windows need the denoiser's σ, or `sigma_from` to read it from another call signature.
+    """
+
+    def __init__(self, net: nn.Module, schedule: SkipSchedule, sigma_from: SigmaFrom | None = None) -> None:
+        unet = find_unet(net)
+        consumers = _analyze(unet)
+        schedule.check_sites(len(consumers))
+        self.handles: list[Any] = []
+        self.unet = unet
+        if schedule.is_identity:
+            return
+        if getattr(unet, _ACTIVE_ATTR, False):
+            raise ScheduleError("this network is already inside skip_tuned() (or has a schedule applied); "
+                                "nesting schedules is not supported")
+        if schedule.sigma_range is not None and unet is net and sigma_from is None:
+            raise ScheduleError("a σ-windowed schedule needs the denoiser (e.g. EDMPrecond), not its bare UNet")
+        tracker = _SigmaTracker(sigma_from or denoiser_sigma)
+        unet.__dict__[_ACTIVE_ATTR] = True
+        try:
+            if schedule.sigma_range is not None:
+                self.handles.append(net.register_forward_pre_hook(tracker.before, with_kwargs=True))
+                self.handles.append(net.register_forward_hook(tracker.after, with_kwargs=True, always_call=True))
+            for consumer in consumers:
+                rho = schedule.rho[consumer.site.index]
+                if rho != 1.0:
+                    hook = _make_hook(consumer.offset, rho, schedule.sigma_range, tracker)
+                    self.handles.append(consumer.block.register_forward_pre_hook(hook))
+        except BaseException:
+            self.remove()
+            raise
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+        self.unet.__dict__.pop(_ACTIVE_ATTR, None)
+
+
 @contextmanager
-def skip_tuned(net: nn.Module, schedule: SkipSchedule | None) -> Iterator[nn.Module]:
+def skip_tuned(net: nn.Module, schedule: SkipSchedule | None, sigma_from: SigmaFrom | None = None) -> Iterator[nn.Module]:
     """Within the block, every popped skip i is multiplied by `schedule.rho[i]`.
 
-    `net` is an EDM denoiser (ours or NVlabs') or its bare UNet; σ windows need the denoiser, whose
-    σ argument decides per sample whether the coefficients apply. The network is restored on exit,
-    also on error. `None` or an all-ones schedule changes nothing and adds no work.
+    The network is restored on exit, also on error. `None` or an all-ones schedule changes nothing
+    and adds no work; ρ = 1 sites cost nothing.
     """
-    unet = find_unet(net)
-    consumers = _analyze(unet)
     if schedule is None:
+        find_unet(net)
         yield net
         return
-    schedule.check_sites(len(consumers))
-    if schedule.is_identity:
-        yield net
-        return
-    if getattr(unet, _ACTIVE_ATTR, False):
-        raise ScheduleError("this network is already inside skip_tuned(); nesting schedules is not supported")
-    if schedule.sigma_range is not None and unet is net:
-        raise ScheduleError("a σ-windowed schedule needs the denoiser (e.g. EDMPrecond), not its bare UNet")
-
-    tracker = _SigmaTracker()
-    handles = []
+    tuning = SkipTuning(net, schedule, sigma_from)
     try:
-        unet.__dict__[_ACTIVE_ATTR] = True
-        if schedule.sigma_range is not None:
-            handles.append(net.register_forward_pre_hook(tracker.before, with_kwargs=True))
-            handles.append(net.register_forward_hook(tracker.after, with_kwargs=True, always_call=True))
-        for consumer in consumers:
-            rho = schedule.rho[consumer.site.index]
-            if rho != 1.0:
-                hook = _make_hook(consumer.offset, rho, schedule.sigma_range, tracker)
-                handles.append(consumer.block.register_forward_pre_hook(hook))
         yield net
     finally:
-        for handle in handles:
-            handle.remove()
-        unet.__dict__.pop(_ACTIVE_ATTR, None)
+        tuning.remove()

@@ -8,6 +8,7 @@ its own proxy-FID defaults for built-ins).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -17,11 +18,12 @@ from torch import nn
 
 from .errors import CheckpointError, ScheduleFileError
 from .models.builtin import BUILTIN_PREFIX, builtin_info
+from .models.vae import LatentCodec, LatentDecoder, load_vae
 from .models.loading import checkpoint_sha256, load_network, model_choices, model_name, resolve_model_source
 from .sampling import make_sigmas, resolve_precision
 from .schedule import SkipSchedule, SkipSite
 from .schedule_file import ScheduleDocument, ScheduleEntry
-from .skiptune import find_unet, skip_sites
+from .skiptune import find_unet, site_paths, skip_sites
 
 __all__ = ["Target", "load_target", "resolve_source", "source_name", "source_sha256", "model_choices", "BUILTIN_PREFIX"]
 
@@ -74,9 +76,16 @@ class Target:
 
     def site_info(self) -> list[dict[str, object]]:
         """Each skip site in the network's own terms (module paths), for a schedule's consumers."""
-        prefix = f"{self.unet_path}." if self.unet_path else ""
+        # Paths start at the object a user holds: the denoiser for EDM/EDM2 pickles, the UNet itself
+        # for a diffusers folder (our wrapper around it names its UNet `native_root`).
+        root = getattr(self.net, "native_root", "")
+        path = self.unet_path
+        if root and (path == root or path.startswith(f"{root}.")):
+            path = path[len(root) + 1:]
+        prefix = f"{path}." if path else ""
         return [{"index": s.index, "resolution": s.resolution, "channels": s.channels,
-                 "block": f"{prefix}dec.{s.consumer}", "encoder": f"{prefix}enc.{s.producer}"} for s in self.sites]
+                 "block": f"{prefix}{block}", "encoder": f"{prefix}{encoder}"}
+                for s, (block, encoder) in zip(self.sites, site_paths(find_unet(self.net)), strict=True)]
 
     def sigmas(self, solver: str, nfe: int, time_exponent: float = 7.0) -> list[float]:
         """The σ steps `solver` takes at `nfe` on this network (EDM's grid, clamped to its range)."""
@@ -85,6 +94,22 @@ class Target:
     def precision(self, requested: str, device: str | torch.device) -> str:
         """The precision this network samples in on `device` (`auto` resolved; see sampling)."""
         return resolve_precision(requested, self.net, device)
+
+    @property
+    def latent(self) -> bool:
+        """Its samples are VAE latents (EDM2 img512), decoded before features see them."""
+        return LatentCodec.of(self.net).kind == "vae"
+
+    def decoder(self, vae: str | None, device: str | torch.device = "cpu") -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """What turns this network's samples into uint8 images: None (EDM's RGB conversion) for a pixel
+        network; for a latent one, the VAE decoder loaded from the local folder `vae`."""
+        if not self.latent:
+            return None
+        if vae is None:
+            codec = LatentCodec.of(self.net)
+            raise CheckpointError(f"{self.source} samples VAE latents: give --vae, the local folder of {codec.vae_name} "
+                                  "(diffusers save_pretrained layout); nothing is downloaded")
+        return LatentDecoder(load_vae(vae, device), LatentCodec.of(self.net))
 
     def compile(self, backend: str = "inductor") -> None:
         """torch.compile each encoder and decoder block's own forward, leaving the skip-scaling

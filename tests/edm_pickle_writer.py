@@ -1,9 +1,11 @@
-"""Write pickles in NVlabs EDM's persistent-object format, for loader tests.
+"""Write pickles in NVlabs EDM's and EDM2's persistent-object format, for loader tests.
 
 Each network module becomes a call of `torch_utils.persistence._reconstruct_persistent_obj(meta)`
 with `meta = {type, version, module_src, class_name, state}` as EDM writes it. The module source we
 embed is hostile: executing it would create a marker file and raise, so a loader that ever runs it
 fails the tests. `torch_utils`/`dnnlib` exist only as stand-in modules while writing.
+EDM2 snapshots (`write_edm2_snapshot`) follow the documented format: an EasyDict of encoder,
+dataset_kwargs, loss_fn and ema, the network under its original class names with float16 tensors.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from torch import nn
 
 
@@ -131,4 +134,95 @@ def write_pickle(obj: Any, path: Path) -> Path:
     _install_stand_ins()
     with open(path, "wb") as f:
         pickle.dump(obj, f)
+    return path
+
+
+# Our EDM2 classes -> the names NVlabs' networks_edm2 pickles them under, and the plain attributes
+# each original object carries in its state (besides torch's module internals).
+EDM2_CLASS_NAMES = {"EDM2Precond": "Precond", "EDM2UNet": "UNet", "EDM2Block": "Block", "MPConv": "MPConv",
+                    "MPFourier": "MPFourier"}
+EDM2_ATTRIBUTES = {
+    "Precond": ("img_resolution", "img_channels", "label_dim", "use_fp16", "sigma_data"),
+    "UNet": ("label_balance", "concat_balance"),
+    "Block": ("out_channels", "flavor", "resample_filter", "resample_mode", "num_heads", "dropout", "res_balance",
+              "attn_balance", "clip_act"),
+    "MPConv": ("out_channels",),
+    "MPFourier": (),
+}
+# Optional children the original stores as None when absent.
+EDM2_OPTIONAL = {"UNet": ("emb_label",), "Block": ("conv_skip", "attn_qkv", "attn_proj")}
+# EDM2's latent normalisation of sd-vae-ft-mse latents (per channel).
+VAE_RAW_MEAN = np.array([5.81, 3.25, 0.12, -2.15], dtype=np.float32)
+VAE_RAW_STD = np.array([4.17, 4.62, 3.71, 3.28], dtype=np.float32)
+
+
+def _convert_edm2(module: nn.Module, module_src: str, dtype: torch.dtype, init_kwargs: dict[str, Any] | None) -> Any:
+    state: dict[str, Any] = dict(nn.Module().__dict__)  # torch's internals, this torch version's set
+    state["training"] = False
+    state["_parameters"] = OrderedDict(
+        (k, None if v is None else nn.Parameter(v.detach().to(dtype).clone(), requires_grad=False))
+        for k, v in module._parameters.items()
+    )
+    state["_buffers"] = OrderedDict((k, None if v is None else v.detach().to(dtype).clone()) for k, v in module._buffers.items())
+    state["_modules"] = OrderedDict(
+        (name, None if child is None else _convert_edm2(child, module_src, dtype, None))
+        for name, child in module._modules.items()
+    )
+    if isinstance(module, nn.ModuleDict):
+        return PlainModuleDict(state)
+    class_name = EDM2_CLASS_NAMES[type(module).__name__]
+    for name in EDM2_ATTRIBUTES[class_name]:
+        state[name] = getattr(module, name)
+    for name in EDM2_OPTIONAL.get(class_name, ()):
+        if getattr(module, name) is None:
+            state[name] = None
+    if class_name == "MPConv":
+        state["_init_args"] = (module.in_channels, module.out_channels, list(module.weight.shape[2:]))
+        state["_init_kwargs"] = {}
+    else:
+        state["_init_args"] = ()
+        state["_init_kwargs"] = dict(init_kwargs or {})
+    return Persistent(class_name, state, module_src)
+
+
+def write_edm2_snapshot(
+    net: nn.Module,
+    init_kwargs: dict[str, Any],
+    path: Path,
+    marker: Path,
+    *,
+    encoder: str = "rgb",
+    dtype: torch.dtype = torch.float16,
+    numpy1_names: bool = False,
+    encoder_state: dict[str, Any] | None = None,
+) -> Path:
+    """Write `net` (an EDM2Precond) as an EDM2 snapshot: EasyDict(encoder, dataset_kwargs, loss_fn, ema).
+
+    `encoder` 'vae' stores a StabilityVAEEncoder with numpy scale/bias arrays ('rgb': a
+    StandardRGBEncoder; any other name: a bare record of that class); `encoder_state`
+    overrides entries of the encoder's state (for hostile variants). `numpy1_names` writes protocol 3
+    and names numpy's array functions as numpy 1.x does (numpy.core.multiarray).
+    """
+    _install_stand_ins()
+    src = hostile_source(marker)
+    EasyDict = sys.modules["dnnlib.util"].EasyDict
+    if encoder == "vae":
+        scale = (0.5 / VAE_RAW_STD).astype(np.float32)
+        enc = Persistent("StabilityVAEEncoder", dict(
+            _init_args=(), _init_kwargs={}, vae_name="stabilityai/sd-vae-ft-mse", scale=scale,
+            bias=(-VAE_RAW_MEAN * scale).astype(np.float32), batch_size=8, _vae=None,
+        ), src)
+    else:
+        enc = Persistent("StandardRGBEncoder" if encoder == "rgb" else encoder, dict(_init_args=(), _init_kwargs={}), src)
+    enc.meta["state"].update(encoder_state or {})
+    data = EasyDict(
+        encoder=enc,
+        dataset_kwargs=EasyDict(class_name="training.dataset.ImageFolderDataset", path="img.zip", use_labels=True),
+        loss_fn=Persistent("EDM2Loss", dict(_init_args=(), _init_kwargs={}, P_mean=-0.4, P_std=1.0, sigma_data=0.5), src),
+        ema=_convert_edm2(net, src, dtype, init_kwargs),
+    )
+    payload = pickle.dumps(data, protocol=3 if numpy1_names else 4)
+    if numpy1_names:  # protocol 3 names globals as text lines, so the module name can be swapped
+        payload = payload.replace(b"cnumpy._core.multiarray\n", b"cnumpy.core.multiarray\n")
+    path.write_bytes(payload)
     return path

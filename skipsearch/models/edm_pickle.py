@@ -1,17 +1,20 @@
-"""Read NVlabs EDM pickles (`network-snapshot-*.pkl`, `edm-*.pkl`) without executing them.
+"""Read NVlabs EDM and EDM2 pickles (`network-snapshot-*.pkl`, `edm-*.pkl`, `edm2-*.pkl`) without executing them.
 
-EDM pickles each network class together with its module source; the original loader `exec`s that
+Both pickle each network class together with its module source; the original loaders `exec` that
 source. Here a restricted unpickler turns every persistent object into an inert `PersistentRecord`
-(class name + state), rebuilds tensors only through torch's own `weights_only` machinery, and
-refuses any other global by name. Our own EDMPrecond is then built from the recorded constructor
-arguments and the recorded tensors are loaded into it.
+(class name + state), rebuilds tensors only through torch's own `weights_only` machinery, rebuilds
+numpy arrays from raw bytes of plain numeric dtypes only, and refuses any other global by name.
+Our own EDMPrecond (EDM `EDMPrecond` records) or EDM2Precond (EDM2 `Precond` records) is then built
+from the recorded constructor arguments and the recorded tensors are loaded into it.
 """
 
 from __future__ import annotations
 
 import inspect
 import io
+import math
 import pickle
+import re
 import zipfile
 from collections import OrderedDict
 from collections.abc import Callable
@@ -24,8 +27,17 @@ import torch
 
 from ..errors import CheckpointError
 from .edm import EDMPrecond
+from .edm2 import ENCODER_ATTR, EDM2Block, EDM2Precond, EDM2UNet, EncoderInfo
 
-__all__ = ["CheckpointError", "PersistentRecord", "read_edm_pickle", "network_from_record", "ALLOWED_GLOBALS"]
+__all__ = [
+    "CheckpointError",
+    "PersistentRecord",
+    "read_edm_pickle",
+    "network_from_record",
+    "encoder_from_record",
+    "load_edm_pickle",
+    "ALLOWED_GLOBALS",
+]
 
 
 @dataclass
@@ -98,16 +110,112 @@ def _rebuild_parameter(data: torch.Tensor, requires_grad: bool, backward_hooks: 
     return data
 
 
-def _numpy_scalar(dtype: np.dtype, data: bytes | None = None) -> Any:
-    if not isinstance(dtype, np.dtype) or dtype.hasobject:
-        raise CheckpointError("refusing a numpy scalar of object dtype")
-    return np.frombuffer(data or b"", dtype=dtype, count=1)[0]
+# numpy pickles a dtype as numpy.dtype(kind, align, copy) followed by a BUILD state; only plain
+# little/big-endian numeric kinds ('f4', 'i8', 'b1', 'c8', ...) are ever needed.
+_DTYPE_KIND_RE = re.compile(r"^[biufc][0-9]{1,2}$")
 
 
-def _numpy_dtype(kind: str, align: bool = False, copy: bool = False) -> np.dtype:
-    if not isinstance(kind, str) or kind.startswith("O"):
-        raise CheckpointError(f"refusing numpy dtype {kind!r}")
-    return np.dtype(kind)
+class _DtypeRecord:
+    """A numpy dtype as pickled, resolved to a real dtype only if it is plain numeric data."""
+
+    def __init__(self, kind: Any) -> None:
+        if not isinstance(kind, str) or not _DTYPE_KIND_RE.match(kind):
+            raise CheckpointError(f"refusing numpy dtype {kind!r}: only plain numeric dtypes are allowed")
+        self.kind = kind
+        self.byteorder = "="
+
+    def __setstate__(self, state: Any) -> None:
+        # (version, byteorder, subarray, names, fields, elsize, alignment, flags)
+        if not isinstance(state, tuple) or len(state) < 5:
+            raise CheckpointError("malformed numpy dtype state")
+        byteorder, subarray, names, fields = state[1:5]
+        if subarray is not None or names is not None or fields is not None:
+            raise CheckpointError("refusing a structured numpy dtype: only plain numeric dtypes are allowed")
+        if byteorder not in ("<", ">", "=", "|"):
+            raise CheckpointError(f"malformed numpy dtype byte order {byteorder!r}")
+        self.byteorder = byteorder
+
+    def resolve(self) -> np.dtype:
+        dtype = np.dtype(self.kind)
+        if dtype.hasobject or dtype.kind not in "biufc":
+            raise CheckpointError(f"refusing numpy dtype {self.kind!r}")
+        if self.byteorder in ("<", ">"):
+            return dtype.newbyteorder("<" if self.byteorder == "<" else ">")
+        return dtype
+
+
+def _numpy_dtype(kind: Any, align: bool = False, copy: bool = False) -> _DtypeRecord:
+    return _DtypeRecord(kind)
+
+
+def _numpy_scalar(dtype: Any, data: Any = None) -> Any:
+    if not isinstance(dtype, _DtypeRecord):
+        raise CheckpointError("malformed numpy scalar: expected a numeric dtype")
+    resolved = dtype.resolve()
+    if not isinstance(data, (bytes, bytearray)) or len(data) != resolved.itemsize:
+        raise CheckpointError("malformed numpy scalar: wrong data size")
+    return np.frombuffer(data, dtype=resolved, count=1)[0]
+
+
+class _NdarrayType:
+    """What the global `numpy.ndarray` stands for: only a marker for `_reconstruct`."""
+
+
+class _ArrayRecord:
+    """numpy's `_reconstruct(ndarray, (0,), b'b')` + BUILD state, rebuilt from raw bytes.
+
+    The state is validated (plain numeric dtype, raw bytes of exactly the declared size) instead of
+    being handed to ndarray.__setstate__; `read_edm_pickle` swaps each record for its array.
+    """
+
+    def __init__(self) -> None:
+        self.array: np.ndarray | None = None
+
+    def __setstate__(self, state: Any) -> None:
+        if isinstance(state, tuple) and len(state) == 5:
+            state = state[1:]  # drop the version number
+        if not isinstance(state, tuple) or len(state) != 4:
+            raise CheckpointError("malformed numpy array state")
+        shape, dtype, fortran, data = state
+        if not isinstance(dtype, _DtypeRecord):
+            raise CheckpointError("malformed numpy array: expected a numeric dtype")
+        if not isinstance(shape, tuple) or not all(isinstance(n, int) and n >= 0 for n in shape):
+            raise CheckpointError("malformed numpy array shape")
+        resolved = dtype.resolve()
+        if not isinstance(data, (bytes, bytearray)) or len(data) != math.prod(shape) * resolved.itemsize:
+            raise CheckpointError("malformed numpy array: data size does not match its shape")
+        flat = np.frombuffer(data, dtype=resolved)
+        self.array = flat.reshape(shape, order="F" if fortran else "C").copy()
+
+    def resolve(self) -> np.ndarray:
+        if self.array is None:
+            raise CheckpointError("malformed numpy array: no data")
+        return self.array
+
+
+def _numpy_reconstruct(subtype: Any, shape: Any = (0,), dtype_code: Any = b"b") -> _ArrayRecord:
+    if subtype is not _NdarrayType:
+        raise CheckpointError("refusing a numpy array subclass: only numpy.ndarray is allowed")
+    return _ArrayRecord()
+
+
+def _resolve_arrays(obj: Any, seen: set[int]) -> Any:
+    """Replace every `_ArrayRecord` in the unpickled data by its numpy array."""
+    if isinstance(obj, _ArrayRecord):
+        return obj.resolve()
+    if isinstance(obj, (torch.Tensor, str, bytes, int, float)) or obj is None or id(obj) in seen:
+        return obj
+    seen.add(id(obj))
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            obj[key] = _resolve_arrays(value, seen)
+    elif isinstance(obj, list):
+        obj[:] = [_resolve_arrays(value, seen) for value in obj]
+    elif isinstance(obj, tuple):
+        return tuple(_resolve_arrays(value, seen) for value in obj)
+    elif isinstance(obj, (PersistentRecord, _InertObject)):
+        _resolve_arrays(obj.state, seen)
+    return obj
 
 
 # module, name -> what the name stands for here. Nothing else may be imported by a checkpoint.
@@ -120,6 +228,10 @@ ALLOWED_GLOBALS: dict[tuple[str, str], Callable[..., Any] | type] = {
     ("numpy._core.multiarray", "scalar"): _numpy_scalar,
     ("numpy.core.multiarray", "scalar"): _numpy_scalar,
     ("numpy", "dtype"): _numpy_dtype,
+    # EDM2's VAE encoder keeps its scale/bias as numpy arrays (numpy 2 and numpy 1 spellings).
+    ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct,
+    ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct,
+    ("numpy", "ndarray"): _NdarrayType,
     ("torch.nn.modules.container", "ModuleDict"): _InertModuleDict,
     ("dnnlib.util", "EasyDict"): _EasyDict,
     ("builtins", "set"): set,
@@ -134,7 +246,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
         except KeyError:
             raise CheckpointError(
                 f"checkpoint refers to {module}.{name}, which is not on skipsearch's allow-list; "
-                "only EDM network pickles are supported"
+                "only EDM and EDM2 network pickles are supported"
             ) from None
 
     def persistent_load(self, pid: Any) -> Any:
@@ -142,11 +254,12 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
 
 def read_edm_pickle(path: str | Path) -> Any:
-    """Unpickle an EDM snapshot into plain data (dicts, tensors, PersistentRecords)."""
+    """Unpickle an EDM/EDM2 snapshot into plain data (dicts, tensors, numpy arrays, PersistentRecords)."""
     path = Path(path)
     try:
         with path.open("rb") as f:
-            return _RestrictedUnpickler(f).load()
+            data = _RestrictedUnpickler(f).load()
+        return _resolve_arrays(data, set())
     except CheckpointError as e:
         raise CheckpointError(f"{path}: {e}") from None
     except FileNotFoundError:
@@ -173,38 +286,128 @@ def _collect_tensors(record: PersistentRecord | _InertObject, prefix: str, out: 
         _collect_tensors(child, f"{prefix}{name}.", out)
 
 
-SUPPORTED_PRECONDS = ("EDMPrecond",)
+# Recorded class name -> our class. EDM's is `EDMPrecond` (training.networks); EDM2's is `Precond`
+# (training.networks_edm2). The record carries no module name, so EDM2 is also checked by structure.
+PRECOND_CLASSES: dict[str, type[EDMPrecond] | type[EDM2Precond]] = {"EDMPrecond": EDMPrecond, "Precond": EDM2Precond}
+SUPPORTED_PRECONDS = tuple(PRECOND_CLASSES)
 
 
-def _constructor_kwargs(record: PersistentRecord) -> dict[str, Any]:
+def _constructor_kwargs(record: PersistentRecord, cls: type[torch.nn.Module]) -> dict[str, Any]:
     args = tuple(record.state.get("_init_args") or ())
     kwargs = dict(record.state.get("_init_kwargs") or {})
-    params = [p for p in inspect.signature(EDMPrecond.__init__).parameters.values() if p.name != "self"]
+    params = [p for p in inspect.signature(cls.__init__).parameters.values() if p.name != "self"]
     positional = [p.name for p in params if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
     if len(args) > len(positional):
-        raise CheckpointError(f"EDMPrecond was built with {len(args)} positional arguments; expected at most {len(positional)}")
+        raise CheckpointError(
+            f"{cls.__name__} was built with {len(args)} positional arguments; expected at most {len(positional)}"
+        )
     kwargs.update(zip(positional, args))
     return kwargs
 
 
-def network_from_record(record: Any) -> EDMPrecond:
-    """Build our EDMPrecond from the inert record of NVlabs' network and load its tensors."""
+def _child(record: PersistentRecord | _InertObject, name: str) -> Any:
+    return (record.state.get("_modules") or {}).get(name)
+
+
+# Plain attributes the original reads at run time; a snapshot may carry values that differ from its
+# constructor arguments (set after construction), and the original would use the recorded ones.
+_EDM2_RUNTIME_FLOATS: dict[type[torch.nn.Module], tuple[str, ...]] = {
+    EDM2Precond: ("sigma_data",),
+    EDM2UNet: ("label_balance", "concat_balance"),
+    EDM2Block: ("res_balance", "attn_balance", "clip_act"),
+}
+# Attributes fixed by the constructor arguments; a record that disagrees was not built from them.
+_EDM2_STRUCTURE: tuple[str, ...] = ("out_channels", "flavor", "resample_mode", "resample_filter", "num_heads")
+
+
+def _adopt_edm2_attributes(record: PersistentRecord | _InertObject, module: torch.nn.Module, path: str) -> None:
+    state = record.state
+    for name in _EDM2_RUNTIME_FLOATS.get(type(module), ()):
+        if name not in state:
+            continue
+        value = state[name]
+        if value is None and name == "clip_act":
+            setattr(module, name, None)
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value)):
+            raise CheckpointError(f"{path or 'network'}.{name} is {value!r}; expected a finite number")
+        setattr(module, name, float(value))
+    if isinstance(module, EDM2Block):
+        for name in _EDM2_STRUCTURE:
+            recorded = state.get(name, getattr(module, name))
+            if (list(recorded) if isinstance(recorded, tuple) else recorded) != getattr(module, name):
+                raise CheckpointError(
+                    f"{path}.{name} is recorded as {recorded!r} but the recorded constructor arguments give "
+                    f"{getattr(module, name)!r}; the snapshot is inconsistent"
+                )
+    for name, child in module.named_children():
+        sub = _child(record, name)
+        if isinstance(sub, (PersistentRecord, _InertObject)):
+            _adopt_edm2_attributes(sub, child, f"{path}.{name}" if path else name)
+
+
+def network_from_record(record: Any) -> EDMPrecond | EDM2Precond:
+    """Build our EDMPrecond/EDM2Precond from the inert record of NVlabs' network and load its tensors."""
     if not isinstance(record, PersistentRecord):
         raise CheckpointError(f"expected an EDM network object, found {type(record).__name__}")
-    if record.class_name not in SUPPORTED_PRECONDS:
+    cls = PRECOND_CLASSES.get(record.class_name)
+    if cls is None:
         raise CheckpointError(
-            f"unsupported preconditioning {record.class_name!r}: skipsearch supports {', '.join(SUPPORTED_PRECONDS)} "
-            "(the edm-*.pkl networks)"
+            f"unsupported preconditioning {record.class_name!r}: skipsearch supports EDMPrecond (the edm-*.pkl "
+            "networks) and Precond (the edm2-*.pkl networks)"
         )
-    kwargs = _constructor_kwargs(record)
+    if cls is EDM2Precond:
+        unet = _child(record, "unet")
+        if not isinstance(unet, PersistentRecord) or unet.class_name != "UNet":
+            raise CheckpointError("this 'Precond' has no EDM2 'unet' (class UNet); it is not an EDM2 network")
+    kwargs = _constructor_kwargs(record, cls)
     try:
-        net = EDMPrecond(**kwargs)
+        net = cls(**kwargs)
     except (TypeError, ValueError) as e:
-        raise CheckpointError(f"cannot build EDMPrecond from the recorded arguments {sorted(kwargs)}: {e}") from None
+        raise CheckpointError(f"cannot build {cls.__name__} from the recorded arguments {sorted(kwargs)}: {e}") from None
     tensors: dict[str, torch.Tensor] = {}
     _collect_tensors(record, "", tensors)
+    # float16 tensors are copied into the float32 modules; EDM2's gains remember their dtype.
     load_state_dict_checked(net, tensors)
+    if isinstance(net, EDM2Precond):
+        _adopt_edm2_attributes(record, net, "")
     return net
+
+
+def _float_tuple(value: Any, what: str) -> tuple[float, ...]:
+    if isinstance(value, np.ndarray):
+        value = value.reshape(-1).tolist()
+    if not isinstance(value, (list, tuple)) or not value:
+        raise CheckpointError(f"the VAE encoder's {what} is {type(value).__name__}; expected an array of numbers")
+    try:
+        floats = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        raise CheckpointError(f"the VAE encoder's {what} holds non-numbers") from None
+    if not all(math.isfinite(v) for v in floats):
+        raise CheckpointError(f"the VAE encoder's {what} holds non-finite values")
+    return floats
+
+
+def encoder_from_record(record: Any) -> EncoderInfo:
+    """What an EDM2 snapshot's `encoder` says about decoding; none means the RGB encoder, as in EDM2."""
+    if record is None:
+        return EncoderInfo(kind="rgb")
+    if not isinstance(record, PersistentRecord):
+        raise CheckpointError(f"the snapshot's encoder is a {type(record).__name__}, not an EDM2 encoder object")
+    if record.class_name == "StandardRGBEncoder":
+        return EncoderInfo(kind="rgb")
+    if record.class_name == "StabilityVAEEncoder":
+        name = record.state.get("vae_name")
+        if not isinstance(name, str) or not name:
+            raise CheckpointError("the snapshot's VAE encoder has no vae_name")
+        scale = _float_tuple(record.state.get("scale"), "scale")
+        bias = _float_tuple(record.state.get("bias"), "bias")
+        if len(scale) != len(bias):
+            raise CheckpointError(f"the VAE encoder's scale ({len(scale)}) and bias ({len(bias)}) differ in length")
+        return EncoderInfo(kind="vae", vae_name=name, scale=scale, bias=bias)
+    raise CheckpointError(
+        f"unsupported encoder {record.class_name!r}: skipsearch knows StandardRGBEncoder and StabilityVAEEncoder"
+    )
 
 
 def load_state_dict_checked(net: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
@@ -226,12 +429,16 @@ def load_state_dict_checked(net: torch.nn.Module, tensors: dict[str, torch.Tenso
     net.load_state_dict(tensors, strict=True)
 
 
-def load_edm_pickle(path: str | Path) -> EDMPrecond:
+def load_edm_pickle(path: str | Path) -> EDMPrecond | EDM2Precond:
+    """Our network for an EDM or EDM2 snapshot; an EDM2 one also gets `skipsearch_encoder` (EncoderInfo)."""
     data = read_edm_pickle(path)
     record = data.get("ema") if isinstance(data, dict) else data
     if record is None:
         raise CheckpointError(f"{path}: no 'ema' network in this checkpoint (keys: {sorted(data)})")
     try:
-        return network_from_record(record)
+        net = network_from_record(record)
+        if isinstance(net, EDM2Precond):
+            setattr(net, ENCODER_ATTR, encoder_from_record(data.get("encoder") if isinstance(data, dict) else None))
     except CheckpointError as e:
         raise CheckpointError(f"{path}: {e}") from None
+    return net
