@@ -1,4 +1,5 @@
-"""Where a demo trial's time goes: network passes, feature passes, FID math, storage and sampler
+"""Where a demo trial's time goes: network passes, decoding samples to images (EDM's RGB
+conversion; the VAE decoder for latent networks), feature passes, FID math, storage and sampler
 calls, and everything else. Goal: ≥ 97% of a trial in network and feature passes.
 
 Runs the real worker on a fresh SQLite study of the built-in model (the demo preset: Euler NFE 10,
@@ -23,7 +24,7 @@ from skipsearch.metrics import fid as fid_module
 from skipsearch.search import StudyConfig, prepare_studies, run_worker
 from skipsearch.search import _storage, _worker
 
-PARTS = ("network", "features", "fid math", "storage + sampler", "other")
+PARTS = ("network", "decode", "features", "fid math", "storage + sampler", "other")
 
 
 class Clock:
@@ -86,6 +87,7 @@ def main() -> None:
     def hooked_scorer(*a, **k):  # type: ignore[no-untyped-def]
         scorer = make_scorer(*a, **k)
         clock.hook(scorer.extractor, "features")
+        scorer.decode = clock.wrap("decode", scorer.decode)  # RGB conversion, or the VAE for latent networks
         return scorer
 
     _worker.make_scorer = hooked_scorer

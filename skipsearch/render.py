@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -25,7 +26,13 @@ def render_grid(
     schedule: SkipSchedule | None = None,
     batch_size: int = 64,
     device: str | torch.device = "cpu",
+    decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    guide: nn.Module | None = None,
+    guidance: float = 1.0,
 ) -> Path:
-    """Sample `seeds` and write them as one PNG grid (scaled up to at least 128 px a tile)."""
-    x = sample(net, seeds, solver=solver, nfe=nfe, schedule=schedule, batch_size=batch_size, device=device)
-    return save_grid(to_uint8(x), output, scale=max(1, 128 // int(net.img_resolution)))
+    """Sample `seeds` and write them as one PNG grid (scaled up to at least 128 px a tile);
+    `decode` turns latents into images (default: EDM's RGB conversion)."""
+    x = sample(net, seeds, solver=solver, nfe=nfe, schedule=schedule, batch_size=batch_size, device=device,
+               guide=guide, guidance=guidance)
+    images = (decode or to_uint8)(x)
+    return save_grid(images, output, scale=max(1, 128 // int(images.shape[-1])))

@@ -133,11 +133,17 @@ def iter_samples(
     time_exponent: float = 7.0,
     precision: Precision = "fp32",
     channels_last: bool | None = None,
+    guide: nn.Module | None = None,
+    guidance: float = 1.0,
+    guide_schedule: SkipSchedule | None = None,
 ) -> Iterator[tuple[Sequence[int], torch.Tensor]]:
     """Yield (seeds, x) batch by batch; x is the solver's final float64 output, unclipped.
 
     `class_labels`: None draws them per seed as EDM does; an int fixes one class; a sequence gives
     one class per seed. `sigmas` overrides the EDM time steps (its length must match the NFE).
+    `guide`, `guidance` g: the guided denoiser D_guide + g·(D_net − D_guide) (EDM2's autoguidance;
+    g = 1 is the main network alone), each solver evaluation then calling both networks; the
+    schedule applies to the main network, `guide_schedule` (if any) to the guide.
     """
     if batch_size < 1:
         raise UsageError(f"batch_size must be at least 1, got {batch_size}")
@@ -154,17 +160,28 @@ def iter_samples(
     if memory_format is torch.channels_last:
         net = net.to(memory_format=torch.channels_last)
 
+    guided = guide is not None and guidance != 1.0
+    if guided and memory_format is torch.channels_last:
+        guide = guide.to(memory_format=torch.channels_last)  # type: ignore[union-attr]
+    guide_labels = int(getattr(guide, "label_dim", 0)) if guided else 0
+
     seeds = list(seeds)
-    with torch.inference_mode(), skip_tuned(net, schedule), _native_fp16(net, precision, device) as native:
+    with (torch.inference_mode(), skip_tuned(net, schedule), _native_fp16(net, precision, device) as native,
+          skip_tuned(guide, guide_schedule) if guided else nullcontext(),
+          _native_fp16(guide, precision, device) if guided else nullcontext()):
         for start in range(0, len(seeds), batch_size):
             batch = seeds[start : start + batch_size]
             latents, drawn = seed_latents(batch, shape, label_dim, device)
             labels = _labels_for(class_labels, drawn, start, start + len(batch), label_dim)
 
             def denoise(x: torch.Tensor, sigma: float, labels: torch.Tensor | None = labels) -> torch.Tensor:
+                x = x.to(memory_format=memory_format)
                 with _call_context(precision, native, device):
-                    out = net(x.to(memory_format=memory_format), sigma, labels)
-                return out.to(torch.float64)
+                    out = net(x, sigma, labels).to(torch.float64)
+                    if guided:  # an unconditional guide ignores the labels
+                        ref = guide(x, sigma, labels if guide_labels else None).to(torch.float64)  # type: ignore[misc]
+                        out = ref + guidance * (out - ref)
+                return out
 
             yield batch, solve(solver, denoise, latents, nfe, sigmas=sigmas)
 
@@ -183,11 +200,14 @@ def sample(
     time_exponent: float = 7.0,
     precision: Precision = "fp32",
     channels_last: bool | None = None,
+    guide: nn.Module | None = None,
+    guidance: float = 1.0,
+    guide_schedule: SkipSchedule | None = None,
 ) -> torch.Tensor:
     """All samples for `seeds` as one float64 tensor [N,C,H,W] in data space (nominally [-1, 1])."""
     batches = iter_samples(
         net, seeds, solver=solver, nfe=nfe, schedule=schedule, batch_size=batch_size, device=device,
         class_labels=class_labels, sigmas=sigmas, time_exponent=time_exponent, precision=precision,
-        channels_last=channels_last,
+        channels_last=channels_last, guide=guide, guidance=guidance, guide_schedule=guide_schedule,
     )
     return torch.cat([x for _, x in batches])

@@ -9,13 +9,14 @@ and reused by every trial of a worker.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 
 from .errors import MetricError, ScheduleFileError
 from .metrics import (
@@ -39,6 +40,7 @@ from .schedule_file import ScheduleEntry
 from .skiptune import skip_sites
 
 __all__ = [
+    "StreamingFID",
     "ProxyFID",
     "Confirmed",
     "score",
@@ -50,6 +52,7 @@ __all__ = [
     "score_schedules",
     "score_confirmed",
     "interval_of",
+    "seed_noise",
     "gain_between",
 ]
 
@@ -69,11 +72,26 @@ def resolve_metric_defaults(
         if info is None:
             raise MetricError("this network has no default reference: pass reference= an .npz of statistics")
         reference = info.reference
-    return features, resolve_reference(reference)
+    return features, resolve_reference(reference, features)
+
+
+def _checked_extractor(features: str, reference: ReferenceStats, device: torch.device,
+                       weights_path: str | None) -> FeatureExtractorBase:
+    extractor = make_extractor(features, device=device, weights_path=weights_path)
+    dim = feature_dim(extractor)
+    if dim != reference.dim:
+        raise MetricError(
+            f"reference has {reference.dim}-dim statistics but extractor '{features}' gives {dim}; "
+            "give a reference computed with these features (`skipsearch reference`)"
+        )
+    return extractor
 
 
 class ProxyFID:
-    """A reusable scorer: one extractor and one reference for many evaluations."""
+    """A reusable scorer: one extractor and one reference for many evaluations, and optionally more
+    (`extra`: feature name → reference) whose distances are reported, not optimised (e.g.
+    FD_DINOv2 next to FID). `decode` turns samples into uint8 images (default EDM's RGB
+    conversion; a VAE decoder for latent networks)."""
 
     def __init__(
         self,
@@ -82,17 +100,16 @@ class ProxyFID:
         *,
         device: str | torch.device = "cpu",
         weights_path: str | None = None,
+        extra: Mapping[str, ReferenceStats] | None = None,
+        decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         self.features = features
         self.reference = reference
         self.device = torch.device(device)
-        self.extractor = make_extractor(features, device=self.device, weights_path=weights_path)
-        dim = feature_dim(self.extractor)
-        if dim != reference.dim:
-            raise MetricError(
-                f"reference has {reference.dim}-dim statistics but extractor '{features}' gives {dim}; "
-                "give a reference computed with these features (`skipsearch reference`)"
-            )
+        self.extractor = _checked_extractor(features, reference, self.device, weights_path)
+        self.extra = {name: (_checked_extractor(name, ref, self.device, None), ref) for name, ref in (extra or {}).items()}
+        self.decode = decode or to_uint8
+        self.last_extra: dict[str, float] = {}
 
     def stream(self, steps: Sequence[int], keep_features: bool = False) -> StreamingFID:
         return StreamingFID(self.extractor, self.reference, sorted(set(steps)), keep_features=keep_features)
@@ -114,6 +131,9 @@ class ProxyFID:
         on_samples: Callable[[torch.Tensor], None] | None = None,
         progress: Progress | None = None,
         stream: StreamingFID | None = None,
+        guide: nn.Module | None = None,
+        guidance: float = 1.0,
+        guide_schedule: SkipSchedule | None = None,
     ) -> Iterator[tuple[int, float]]:
         """Yield (n, FID of the first n samples) at each step; the last step is len(seeds).
 
@@ -127,19 +147,26 @@ class ProxyFID:
             raise MetricError(f"fidelity steps must lie in [2, {len(seeds)}], got {steps}")
         if stream is None:
             stream = StreamingFID(self.extractor, self.reference, steps)
+        extra = {name: StreamingFID(ext, ref, [len(seeds)]) for name, (ext, ref) in self.extra.items()}
+        self.last_extra = {}
         batches = iter_samples(
             net, seeds, solver=solver, nfe=nfe, schedule=schedule, batch_size=batch_size, device=self.device,
-            precision=precision, time_exponent=time_exponent, class_labels=class_labels,
+            precision=precision, time_exponent=time_exponent, class_labels=class_labels, guide=guide,
+            guidance=guidance, guide_schedule=guide_schedule,
         )
         for _, x in batches:
             if on_samples is not None:
                 on_samples(x)
-            images = to_uint8(x)
+            images = self.decode(x)
             if on_images is not None:
                 on_images(images)
+            for other in extra.values():
+                other.add(images)
             results = stream.add(images)
             if progress is not None:
                 progress(stream.count, len(seeds))
+            if stream.done:
+                self.last_extra = {name: other.results[-1][1] for name, other in extra.items() if other.results}
             yield from results
 
 
@@ -152,6 +179,7 @@ class Confirmed:
     fid_steps: dict[int, float]
     bootstrap: list[float]
     fid_infinity: float | None
+    extra: dict[str, float] = field(default_factory=dict)  # reported distances (e.g. FD_DINOv2)
 
 
 def score_confirmed(
@@ -169,6 +197,9 @@ def score_confirmed(
     time_exponent: float = 7.0,
     on_samples: Callable[[torch.Tensor], None] | None = None,
     progress: Progress | None = None,
+    guide: nn.Module | None = None,
+    guidance: float = 1.0,
+    guide_schedule: SkipSchedule | None = None,
 ) -> Confirmed:
     """Proxy FID on `seeds` with B bootstrap replicates over samples, drawn from `bootstrap_seed`
     so every schedule scored with the same seeds and draws is paired with every other; FID at
@@ -178,10 +209,22 @@ def score_confirmed(
     stream = scorer.stream(steps, keep_features=True)
     fids = dict(scorer.iter_fid(net, seeds, solver=solver, nfe=nfe, schedule=schedule, steps=steps,
                                 batch_size=batch_size, precision=precision, time_exponent=time_exponent,
-                                on_samples=on_samples, progress=progress, stream=stream))
+                                on_samples=on_samples, progress=progress, stream=stream, guide=guide,
+                                guidance=guidance, guide_schedule=guide_schedule))
     frechet = FrechetToReference(scorer.reference)
     replicates = frechet.bootstrap(stream.features(), bootstrap_counts(n, resamples, bootstrap_seed))
-    return Confirmed(fids[n], n, fids, [float(v) for v in replicates], fid_infinity(list(fids), list(fids.values())))
+    return Confirmed(fids[n], n, fids, [float(v) for v in replicates], fid_infinity(list(fids), list(fids.values())),
+                     dict(scorer.last_extra))
+
+
+def seed_noise(scorer: ProxyFID, stream: StreamingFID, resamples: int = 100, seed: int = 0) -> float:
+    """How far proxy FID moves with the draw of samples alone: half the width of the 95% bootstrap
+    interval of the FID of the stream's (kept) features. Costs no sampling."""
+    features = stream.features()
+    frechet = FrechetToReference(scorer.reference)
+    replicates = frechet.bootstrap(features, bootstrap_counts(len(features), resamples, seed))
+    lo, hi = basic_interval(frechet.of_features(features), replicates)
+    return (hi - lo) / 2
 
 
 def interval_of(value: float, replicates: Sequence[float], level: float = 0.95) -> tuple[float, float]:
@@ -202,9 +245,20 @@ def make_scorer(
     *,
     device: str | torch.device = "cpu",
     features_weights: str | None = None,
+    report: Sequence[str] = (),
+    decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> ProxyFID:
+    """The scorer for `net`: its features and reference (a built-in's own by default), plus the
+    distances in `report` (feature names) read from the same reference file."""
     features, ref = resolve_metric_defaults(net, features, reference)
-    return ProxyFID(features, ref, device=device, weights_path=features_weights)
+    extra = {}
+    for name in report:
+        if name == features:
+            continue
+        if reference is None or isinstance(reference, ReferenceStats):
+            raise MetricError(f"reporting {name} needs a reference file that holds its statistics (e.g. EDM2's .pkl)")
+        extra[name] = resolve_reference(reference, name)
+    return ProxyFID(features, ref, device=device, weights_path=features_weights, extra=extra, decode=decode)
 
 
 def score_steps(

@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_NET
 from edm_pickle_writer import write_pickle
 from helpers import tiny_config
 from typer.testing import CliRunner

@@ -123,7 +123,6 @@ def test_worker_and_dashboard_move_the_password_out_of_ps(pg_url: str, tiny_chec
                                   str(port)], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                  text=True)
     try:
-        import urllib.request
 
         wait_for(lambda: _answers(f"http://127.0.0.1:{port}/api/meta"), 120, "the dashboard")
         listing = _cmdlines()

@@ -18,9 +18,10 @@ StorageOpt = Annotated[
         callback=remember_storage,
     ),
 ]
-ModelOpt = Annotated[str, typer.Option("--model", help="Model family (edm) or builtin:NAME.")]
+ModelOpt = Annotated[str, typer.Option("--model", help="Model family (edm, edm2, diffusers) or builtin:NAME.")]
 CheckpointOpt = Annotated[
-    Optional[Path], typer.Option("--checkpoint", help="EDM .pkl, or .pt/.safetensors with a config beside it.")
+    Optional[Path], typer.Option("--checkpoint", help="EDM/EDM2 .pkl, .pt/.safetensors with a config beside it, or a diffusers folder.")
 ]
 DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda, cuda:1, ...")]
 FeaturesWeightsOpt = Annotated[Optional[str], typer.Option(help="Local weights file for the feature extractor.")]
+VaeOpt = Annotated[Optional[Path], typer.Option(help="Latent networks (EDM2 img512): the local VAE folder.")]

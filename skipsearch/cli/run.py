@@ -51,7 +51,7 @@ def _nfe_list(nfe: list[int] | None, extra: list[str]) -> list[int] | None:
 def launch(
     ctx: typer.Context,
     preset: Annotated[Optional[str], typer.Option(help="Study preset (see `skipsearch presets`) or a TOML file.")] = None,
-    model: Annotated[Optional[str], typer.Option("--model", help="Model family (edm) or builtin:NAME.")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", help="Model family (edm, edm2, diffusers) or builtin:NAME.")] = None,
     checkpoint: CheckpointOpt = None,
     solver: Annotated[Optional[str], typer.Option(help="Solver (default dpmpp_2m; the demo preset uses euler).")] = None,
     nfe: Annotated[Optional[list[int]], typer.Option(help="NFE(s); one study each: --nfe 9 11 19.")] = None,
@@ -68,6 +68,13 @@ def launch(
     rho_bounds: Annotated[Optional[tuple[float, float]], typer.Option(help="Search range of each ρ (default 0.3 1.1).")] = None,
     curve_bounds: Annotated[Optional[tuple[float, float]], typer.Option(help="Search range of curve (default -2 2).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Images per network call.")] = None,
+    guide: Annotated[Optional[Path], typer.Option(help="Autoguidance: the guiding network's checkpoint.")] = None,
+    guidance: Annotated[Optional[float], typer.Option(help="Guidance strength g: D_guide + g(D_net - D_guide).")] = None,
+    tune_guide: Annotated[Optional[bool], typer.Option("--tune-guide/--no-tune-guide",
+                                                       help="Apply each schedule to the guide too.")] = None,
+    vae: Annotated[Optional[Path], typer.Option(help="Latent networks (EDM2 img512): the local VAE folder.")] = None,
+    report_features: Annotated[Optional[list[str]], typer.Option(
+        "--report", help="Also report this distance (feature extractor name), e.g. dinov2-vit-l-14-edm2.")] = None,
     confirm_top: Annotated[Optional[int], typer.Option(help="Best schedules to confirm on held-out seeds once the "
                                                             "budget is spent (default 3; 0: none).")] = None,
     confirm_samples: Annotated[Optional[int], typer.Option(help="Held-out samples per confirmed schedule "
@@ -86,6 +93,8 @@ def launch(
         solver=solver, trials=trials, samples=samples, reference=ref, features=features,
         features_weights=features_weights, model_name=study, space=space, sampler=sampler, sampler_seed=seed,
         batch_size=batch_size, confirm_top=confirm_top, confirm_samples=confirm_samples,
+        guide=str(guide) if guide else None, guidance=guidance, tune_guide=tune_guide, vae=str(vae) if vae else None,
+        report_features=list(report_features) if report_features else None,
         rho_bounds=list(rho_bounds) if rho_bounds else None,
         curve_bounds=list(curve_bounds) if curve_bounds else None,
     )
@@ -158,6 +167,8 @@ def worker(
     ref: Annotated[Optional[str], typer.Option("--ref", help="This node's path to the study's reference .npz.")] = None,
     features_weights: FeaturesWeightsOpt = None,
     artifacts: Annotated[Optional[Path], typer.Option(help="This node's artifact folder (sample grids).")] = None,
+    guide: Annotated[Optional[Path], typer.Option(help="This node's path to the study's guiding network.")] = None,
+    vae: Annotated[Optional[Path], typer.Option(help="This node's VAE folder (latent networks).")] = None,
     heartbeat: HeartbeatOpt = 60.0,
     grace: GraceOpt = 300.0,
     outage_limit: OutageOpt = 600.0,
@@ -167,11 +178,14 @@ def worker(
     devices = worker_devices(device, gpus)
     settings = StorageSettings(heartbeat_interval=heartbeat, grace_period=grace, outage_limit=outage_limit)
     url = resolve_url(storage)
+    node_paths = {"--checkpoint": checkpoint, "--ref": ref, "--features-weights": features_weights,
+                  "--artifacts": artifacts, "--guide": guide, "--vae": vae}
     if len(devices) > 1:
-        _supervise(url, study or [], devices, settings, checkpoint, ref, features_weights, artifacts, compile)
+        _supervise(url, study or [], devices, settings, node_paths, compile)
         return
     overrides = dict(checkpoint=str(checkpoint) if checkpoint else None, reference=ref,
-                     features_weights=features_weights, artifacts=str(artifacts) if artifacts else None)
+                     features_weights=features_weights, artifacts=str(artifacts) if artifacts else None,
+                     guide=str(guide) if guide else None, vae=str(vae) if vae else None)
     with signals_interrupt():
         try:
             prefix = os.environ.get("SKIPSEARCH_LOG_PREFIX", "")
@@ -190,13 +204,11 @@ def worker(
 
 
 def _supervise(url: object, names: list[str], devices: list[str], settings: StorageSettings,
-               checkpoint: Optional[Path], ref: Optional[str], features_weights: Optional[str],
-               artifacts: Optional[Path], compile: bool) -> None:
+               node_paths: dict[str, object], compile: bool) -> None:
     """One worker process per GPU of this node, pinned with CUDA_VISIBLE_DEVICES; their output is
     this command's output; signals reach all of them."""
     extra = []
-    for flag, value in (("--checkpoint", checkpoint), ("--ref", ref), ("--features-weights", features_weights),
-                        ("--artifacts", artifacts)):
+    for flag, value in node_paths.items():
         if value is not None:
             extra += [flag, str(value)]
     procs = spawn_workers(url, names, devices, None, settings, extra_args=extra, compile=compile)  # type: ignore[arg-type]

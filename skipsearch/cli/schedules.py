@@ -16,7 +16,7 @@ from ..fileio import check_output_path
 from ..search import format_change
 from ..target import load_target, resolve_source
 from ._output import console, fmt, interactive, progress_bar
-from ._options import CheckpointOpt, DeviceOpt, FeaturesWeightsOpt, ModelOpt
+from ._options import CheckpointOpt, DeviceOpt, FeaturesWeightsOpt, ModelOpt, VaeOpt
 
 __all__ = ["validate", "score", "sample"]
 
@@ -40,6 +40,7 @@ def score(
     features_weights: FeaturesWeightsOpt = None,
     batch_size: Annotated[int, typer.Option(help="Images per network call.")] = 250,
     device: DeviceOpt = "cpu",
+    vae: VaeOpt = None,
 ) -> None:
     """Re-score schedules (and the untuned baseline) on held-out seeds: the confirmation step."""
     if samples < 2:
@@ -55,7 +56,8 @@ def score(
     entries: list[ScheduleEntry | tuple[str, int]] = (
         list(target.entries(doc, nfe=nfe, solver=solver)) if doc is not None else [(solver or "euler", nfe)]  # type: ignore[list-item]
     )
-    scorer = make_scorer(target.net, features, ref, device=device, features_weights=features_weights)
+    scorer = make_scorer(target.net, features, ref, device=device, features_weights=features_weights,
+                         decode=target.decoder(str(vae) if vae else None, device))
     seeds = range(seed, seed + samples)
     table = Table(title=f"{target.name}: proxy FID on seeds {seed}..{seed + samples - 1} ({scorer.features})",
                   title_justify="left")
@@ -83,6 +85,9 @@ def sample(
     count: Annotated[int, typer.Option(help="Number of images.")] = 64,
     batch_size: Annotated[int, typer.Option(help="Images per network call.")] = 64,
     device: DeviceOpt = "cpu",
+    vae: VaeOpt = None,
+    guide: Annotated[Optional[Path], typer.Option(help="Autoguidance: the guiding network's checkpoint.")] = None,
+    guidance: Annotated[float, typer.Option(help="Guidance strength (with --guide).")] = 1.0,
 ) -> None:
     """Render a grid of samples, optionally with a skip schedule."""
     if schedule is not None and rho_top is not None:
@@ -103,7 +108,11 @@ def sample(
     solver = solver or "euler"
     if nfe is None:
         raise UsageError("--nfe is required (or take it from --schedule)")
+    if guidance != 1.0 and guide is None:
+        raise UsageError("--guidance needs --guide CHECKPOINT (the guiding network)")
+    guiding = load_target(resolve_source("edm", guide), device).net if guide is not None else None
     path = render_grid(target.net, output, range(seed, seed + count), solver=solver, nfe=nfe, schedule=sched,
-                       batch_size=batch_size, device=device)
+                       batch_size=batch_size, device=device, decode=target.decoder(str(vae) if vae else None, device),
+                       guide=guiding, guidance=guidance)
     what = "untuned" if sched is None or sched.is_identity else "rho " + " ".join(f"{r:.3g}" for r in sched.rho)
     console.print(f"wrote {path}: {count} samples of {target.name}, {solver} NFE {nfe}, {what}")

@@ -8,6 +8,8 @@ registers the demo extractor `skipsearch-digits` with torch-fidelity, so
 from ..errors import MetricError
 from .bootstrap import FrechetToReference, basic_interval, bootstrap_counts, fid_infinity, paired_gain
 from .digits import EXTRACTOR_NAME as DIGITS_EXTRACTOR
+from .dinov2 import EXTRACTOR_NAME as DINOV2_EDM2_EXTRACTOR
+from .dinov2 import FeatureExtractorDinoV2EDM2
 from .digits import FeatureExtractorDigits, load_classifier, weights_sha256
 from .features import FEATURE_EXTRACTORS, INCEPTION, extract, feature_dim, inception_weights_path, make_extractor
 from .fid import FeatureMoments, StreamingFID, as_statistics, fid_from_statistics
@@ -19,16 +21,19 @@ from .reference import (
     compute_reference,
     iter_image_batches,
     load_reference,
+    load_references,
     resolve_reference,
     save_reference,
     statistics_sha256,
 )
 
 FEATURE_EXTRACTORS.register(DIGITS_EXTRACTOR, FeatureExtractorDigits)
+FEATURE_EXTRACTORS.register(DINOV2_EDM2_EXTRACTOR, FeatureExtractorDinoV2EDM2)
 
 __all__ = [
     "MetricError",
     "DIGITS_EXTRACTOR",
+    "DINOV2_EDM2_EXTRACTOR",
     "FeatureExtractorDigits",
     "load_classifier",
     "weights_sha256",
@@ -45,6 +50,7 @@ __all__ = [
     "ReferenceStats",
     "statistics_sha256",
     "load_reference",
+    "load_references",
     "save_reference",
     "resolve_reference",
     "compute_reference",

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import pickle
 import zipfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -37,6 +38,8 @@ __all__ = [
     "ReferenceStats",
     "statistics_sha256",
     "load_reference",
+    "load_references",
+    "EDM2_BLOCKS",
     "save_reference",
     "compute_reference",
     "builtin_reference",
@@ -122,9 +125,92 @@ def _read_member(data: np.lib.npyio.NpzFile, key: str, path: Path) -> np.ndarray
         raise MetricError(f"cannot read '{key}' from {path}: {exc}") from None
 
 
-def load_reference(path: str | os.PathLike[str]) -> ReferenceStats:
-    """Load EDM's fid-refs npz (mu, sigma) or ours (plus features, count, meta_*), arrays as stored."""
+# EDM2's dataset-ref .pkl: blocks of statistics named by metric; the extractor each was made with.
+EDM2_BLOCKS = {"fid": "inception-v3-compat", "fd_dinov2": "dinov2-vit-l-14-edm2"}
+
+
+def _plain_array(subtype: Any, shape: Any, dtype_code: Any) -> np.ndarray:
+    if subtype is not np.ndarray:
+        raise MetricError("reference pickle rebuilds something other than a plain numpy array")
+    return np.ndarray.__new__(np.ndarray, shape, np.dtype(dtype_code))
+
+
+def _plain_dtype(kind: Any, align: bool = False, copy: bool = False) -> np.dtype:
+    if not isinstance(kind, str) or kind.startswith("O"):
+        raise MetricError(f"reference pickle holds numpy dtype {kind!r}; only plain numbers are read")
+    return np.dtype(kind)
+
+
+class _PlainDataUnpickler(pickle.Unpickler):
+    """Plain data only: dicts, lists, numbers, strings and numeric numpy arrays. A reference file is
+    data; any other global (code) is refused by name."""
+
+    ALLOWED: dict[tuple[str, str], Any] = {
+        ("numpy._core.multiarray", "_reconstruct"): _plain_array,
+        ("numpy.core.multiarray", "_reconstruct"): _plain_array,
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): _plain_dtype,
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return self.ALLOWED[(module, name)]
+        except KeyError:
+            raise MetricError(f"reference pickle refers to {module}.{name}, which a statistics file never needs; "
+                              "refusing to load it") from None
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise MetricError("reference pickle uses persistent ids; it is not a statistics file")
+
+
+def load_references(path: str | os.PathLike[str]) -> dict[str | None, ReferenceStats]:
+    """Every set of statistics in a reference file, by the feature extractor it was made with.
+
+    EDM2's dataset-ref `.pkl` (`{num_images, fid: {mu, sigma}, fd_dinov2: {mu, sigma}}`, read as
+    plain data only) gives one entry per metric; an `.npz` gives one, keyed by its recorded
+    extractor (None for EDM's fid-refs, which do not say).
+    """
     path = Path(path).expanduser()
+    if path.suffix.lower() != ".pkl":
+        ref = load_reference(path)
+        return {ref.features: ref}
+    if not path.is_file():
+        raise MetricError(f"reference statistics not found: {path}")
+    try:
+        with path.open("rb") as f:
+            data = _PlainDataUnpickler(f).load()
+    except MetricError as e:
+        raise MetricError(f"{path}: {e}") from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as e:
+        raise MetricError(f"{path} is not a readable reference pickle: {e}") from None
+    if not isinstance(data, dict):
+        raise MetricError(f"{path}: expected a dict of statistics (EDM2's dataset-ref format)")
+    count = data.get("num_images")
+    out: dict[str | None, ReferenceStats] = {}
+    for block, extractor in EDM2_BLOCKS.items():
+        stats = data.get(block)
+        if isinstance(stats, dict) and "mu" in stats and "sigma" in stats:
+            mu, sigma = np.asarray(stats["mu"]), np.asarray(stats["sigma"])
+            _check_shapes(mu, sigma, f"{path} [{block}]")
+            out[extractor] = ReferenceStats(mu, sigma, extractor, int(count) if count is not None else None,
+                                            statistics_sha256(mu, sigma), {"source": f"{path.name}:{block}"})
+    if not out:
+        raise MetricError(f"{path}: no statistics found (expected keys {', '.join(EDM2_BLOCKS)} with mu and sigma)")
+    return out
+
+
+def load_reference(path: str | os.PathLike[str], features: str | None = None) -> ReferenceStats:
+    """Load EDM's fid-refs npz (mu, sigma) or ours (plus features, count, meta_*), arrays as stored;
+    from a file of several statistics (EDM2's .pkl), the ones made with `features`."""
+    path = Path(path).expanduser()
+    if path.suffix.lower() == ".pkl":
+        refs = load_references(path)
+        if features is None and len(refs) == 1:
+            return next(iter(refs.values()))
+        if features not in refs:
+            raise MetricError(f"{path} holds statistics for {', '.join(str(k) for k in refs)}, not for features "
+                              f"{features!r}; choose --features accordingly")
+        return refs[features]
     with _open_npz(path, "reference statistics") as data:
         keys = set(data.files)
         missing = [k for k in ("mu", "sigma") if k not in keys]
@@ -303,11 +389,12 @@ def builtin_reference(name: str = "edm-digits") -> ReferenceStats:
     return ref
 
 
-def resolve_reference(reference: str | os.PathLike[str] | ReferenceStats) -> ReferenceStats:
-    """A ReferenceStats, `builtin:NAME`, or a path to an .npz."""
+def resolve_reference(reference: str | os.PathLike[str] | ReferenceStats, features: str | None = None) -> ReferenceStats:
+    """A ReferenceStats, `builtin:NAME`, or a path to an .npz or EDM2 .pkl (then the statistics
+    made with `features`)."""
     if isinstance(reference, ReferenceStats):
         return reference
     text = str(reference)
     if text.startswith(BUILTIN_PREFIX):
         return builtin_reference(text[len(BUILTIN_PREFIX):])
-    return load_reference(text)
+    return load_reference(text, features)

@@ -33,12 +33,11 @@ CONFIG_VERSION = 1
 RHO_MAX = 3.0  # ρ > 3 triples a skip: far outside anything Skip-Tuning or FreeU found useful
 CURVE_MAX = 4.0  # γ = 4^curve spans 1/256 … 256 at the bound
 MAX_SAMPLES = 1_000_000
-NOISE_SEED_OFFSET = 1_000_000  # the baseline's second seed set (the proxy's noise estimate) starts here
 CONFIRM_SEED_OFFSET = 100_000_000  # held-out seeds of the confirmation start here by default
 
 # Fields that do not change a trial's score: a joining worker may differ in these.
 OPERATIONAL = {"checkpoint", "features_weights", "reference", "batch_size", "trials", "artifacts", "enqueue_probes",
-               "confirm_top"}
+               "confirm_top", "guide", "vae", "report_features"}
 
 
 @dataclass(frozen=True)
@@ -88,9 +87,15 @@ class StudyConfig:
     seed_start: int = 0
     features: str = "skipsearch-digits"
     features_weights: str | None = None
+    report_features: tuple[str, ...] = ()  # distances reported next to the objective (e.g. FD_DINOv2)
     reference: str = "builtin:edm-digits"
     reference_sha256: str = ""
     precision: str = "auto"  # auto: half precision on a GPU, fp32 on the CPU (see sampling.resolve_precision)
+    guide: str | None = None  # autoguidance: the guiding network's checkpoint (this node's path)
+    guide_sha256: str = ""
+    guidance: float = 1.0  # D_guide + g·(D_net − D_guide); 1: no guidance
+    tune_guide: bool = False  # apply each schedule to the guide too
+    vae: str | None = None  # latent networks: the local VAE folder that decodes their samples
     batch_size: int = 250
     space: str = "linear"
     rho_bounds: tuple[float, float] = (0.3, 1.1)
@@ -131,11 +136,6 @@ class StudyConfig:
         return range(self.confirm_seed_start, self.confirm_seed_start + n)
 
     @property
-    def noise_seeds(self) -> range:
-        start = self.seed_start + NOISE_SEED_OFFSET
-        return range(start, start + self.samples)
-
-    @property
     def metric_name(self) -> str:
         return f"proxy FID ({self.samples} samples)"
 
@@ -157,12 +157,10 @@ class StudyConfig:
             raise ConfigError(f"seeds must be non-negative, got {self.seed_start}")
         if self.confirm_top < 0 or self.confirm_samples < 0 or self.bootstrap < 20:
             raise ConfigError("confirmation needs confirm_top >= 0, confirm_samples >= 0 and bootstrap >= 20 resamples")
-        for name, seeds in (("noise", self.noise_seeds), ("confirmation", self.confirmation_seeds)):
-            if seeds.start < self.seeds.stop and self.seeds.start < seeds.stop:
-                raise ConfigError(f"the {name} seeds {seeds.start}..{seeds.stop - 1} overlap the search seeds; "
-                                  "held-out seeds must be disjoint")
-        if self.confirmation_seeds.start < self.noise_seeds.stop and self.noise_seeds.start < self.confirmation_seeds.stop:
-            raise ConfigError("the confirmation seeds overlap the noise-estimate seeds; choose another confirm_seed_start")
+        held_out = self.confirmation_seeds
+        if held_out.start < self.seeds.stop and self.seeds.start < held_out.stop:
+            raise ConfigError(f"the confirmation seeds {held_out.start}..{held_out.stop - 1} overlap the search seeds "
+                              f"{self.seeds.start}..{self.seeds.stop - 1}; held-out seeds must be disjoint")
         if not self.fidelity or not all(0 < f <= 1 for f in self.fidelity):
             raise ConfigError(f"fidelity steps are fractions of --samples in (0, 1], got {list(self.fidelity)}")
         for name, (lo, hi) in (("rho", self.rho_bounds), ("curve", self.curve_bounds), ("sigma", self.sigma_bounds)):
@@ -175,6 +173,12 @@ class StudyConfig:
             raise ConfigError(f"curve bounds must lie within ±{CURVE_MAX:g} (γ = 4^curve), got {self.curve_bounds}")
         if self.sigma_bounds[0] <= 0:
             raise ConfigError(f"sigma bounds must be positive, got {self.sigma_bounds}")
+        if not (math.isfinite(self.guidance) and 0 < self.guidance <= 20):
+            raise ConfigError(f"--guidance must be in (0, 20], got {self.guidance}")
+        if self.guidance != 1.0 and not self.guide:
+            raise ConfigError("--guidance needs --guide CHECKPOINT (the guiding network)")
+        if self.tune_guide and not self.guide:
+            raise ConfigError("--tune-guide needs --guide CHECKPOINT")
         SOLVERS.lookup(self.solver).steps_for_nfe(self.nfe)  # an impossible pair names the nearest valid NFEs
 
     def fingerprint(self) -> str:
@@ -223,26 +227,30 @@ class StudyConfig:
         """
         from ..target import BUILTIN_PREFIX, resolve_source, source_name
 
-        model = overrides.get("model") or "edm"
-        source = resolve_source(model, overrides.get("checkpoint"))  # an unknown --model names the choices
-        builtin = source.startswith(BUILTIN_PREFIX)
-        if preset is None:
-            preset = "demo" if builtin else None
+        checkpoint = overrides.get("checkpoint")
+        given_model = overrides.get("model") or "edm"
+        if preset is None and checkpoint is None and (given_model == "edm" or given_model.startswith(BUILTIN_PREFIX)):
+            preset = "demo"  # `--model edm` (or a built-in) alone: the built-in demo
         data: dict[str, Any] = dict(load_preset(preset).settings) if preset else {
             "solver": "dpmpp_2m", "features": "inception-v3-compat", "reference": None,
         }
-        preset_checkpoint = str(data.get("checkpoint", source))
-        if builtin and not preset_checkpoint.startswith(BUILTIN_PREFIX):
-            if not Path(preset_checkpoint).is_file():
+        model = overrides.get("model") or data.get("model") or "edm"
+        preset_checkpoint = data.get("checkpoint")
+        if checkpoint is None and preset_checkpoint and not str(preset_checkpoint).startswith(BUILTIN_PREFIX):
+            if not Path(str(preset_checkpoint)).exists():
                 raise UsageError(f"preset {preset!r} is for your own network: give --checkpoint FILE and --ref FILE")
-            source = resolve_source(model, preset_checkpoint)
-        elif not builtin and preset_checkpoint.startswith(BUILTIN_PREFIX):
+            checkpoint = preset_checkpoint  # a preset of the user's own, naming a real file
+        source = resolve_source(model, checkpoint)  # an unknown --model names the choices
+        if not source.startswith(BUILTIN_PREFIX) and str(preset_checkpoint or "").startswith(BUILTIN_PREFIX):
             raise UsageError(f"preset {preset!r} is for the built-in model; for --checkpoint give --ref and --features")
         preset_nfe = data.pop("nfe", [10])
         preset_reference = data.get("reference")
         data.update({k: v for k, v in overrides.items() if v is not None})
         data["checkpoint"] = source
         data["model"] = "edm" if model.startswith(BUILTIN_PREFIX) else model
+        for key in ("guide",):  # a preset's placeholder file name means "give this option"
+            if data.get(key) and overrides.get(key) is None and not Path(str(data[key])).is_file():
+                raise UsageError(f"preset {preset!r} names {key} {data[key]}, which is not here: give --{key} FILE")
         data["model_name"] = overrides.get("model_name") or source_name(source)
         reference = data.get("reference")
         if reference is None:

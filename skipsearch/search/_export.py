@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
 from sqlalchemy.engine import URL
 
 from .. import SOLVERS, ScheduleDocument, ScheduleEntry, SkipSchedule, dump_schedules, entry_from_schedule
 from ..errors import StudyError
 from ..fileio import check_output_path
+from ._config import StudyConfig
 from ._storage import StorageSettings, open_storage, resolve_url
 from ._summary import StudySummary, study_summaries
 
@@ -57,11 +59,21 @@ def schedule_entry(summary: StudySummary) -> ScheduleEntry:
                "noise": summary.noise, "significant": summary.significant},
         baseline={"value": summary.baseline} if summary.baseline is not None else None,
         study={"name": summary.name, "trial": trial, "trials_complete": summary.complete},
-        solver_params=dict(SOLVERS.lookup(c.solver).params),
+        solver_params=_solver_params(c),
         sigmas=summary.sigmas,
         sites=summary.site_info,
         confirmed=confirmed,
     )
+
+
+def _solver_params(c: StudyConfig) -> dict[str, object]:
+    """The solver's own settings, and autoguidance's when the study used it: a consumer must guide
+    the same way (same guide, same strength, schedule on the guide or not) to see the same gain."""
+    params: dict[str, object] = dict(SOLVERS.lookup(c.solver).params)
+    if c.guide:
+        params.update(guide=Path(c.guide).stem, guide_sha256=c.guide_sha256 or None, guidance=c.guidance,
+                      guide_tuned=c.tune_guide)
+    return params
 
 
 def export_schedules(

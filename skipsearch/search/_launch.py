@@ -62,15 +62,29 @@ def prepare_studies(
     """Check each config against its network and reference, then create (or extend) its study."""
     url = resolve_url(storage_url)
     targets: dict[str, Target] = {}
+
+    def target_of(source: str) -> Target:
+        if source not in targets:
+            targets[source] = load_target(source)
+            targets[source].check_finite()
+        return targets[source]
+
     ready = []
     for config in configs:
-        if config.checkpoint not in targets:
-            targets[config.checkpoint] = load_target(config.checkpoint)
-            targets[config.checkpoint].check_finite()
-        target = targets[config.checkpoint]
-        scorer = make_scorer(target.net, config.features, config.reference, features_weights=config.features_weights)
-        ready.append((config.with_overrides(checkpoint_sha256=target.sha256, reference_sha256=scorer.reference.sha256),
-                      target))
+        target = target_of(config.checkpoint)
+        overrides: dict[str, object] = {"checkpoint_sha256": target.sha256}
+        if config.guide:
+            guide = target_of(config.guide)
+            if config.tune_guide and len(guide.sites) != len(target.sites):
+                raise UsageError(f"--tune-guide needs the guide to have the main network's {len(target.sites)} skip "
+                                 f"sites; {config.guide} has {len(guide.sites)}")
+            overrides["guide_sha256"] = guide.sha256
+        if target.latent:
+            target.decoder(config.vae)  # a latent network needs its VAE: found and loadable, before anything is written
+        scorer = make_scorer(target.net, config.features, config.reference, features_weights=config.features_weights,
+                             report=config.report_features)
+        overrides["reference_sha256"] = scorer.reference.sha256
+        ready.append((config.with_overrides(**overrides), target))
     storage = open_storage(url, settings, create=True)
     db = Retrying(url, settings)
     prepared = []

@@ -18,7 +18,7 @@ import torch
 
 from .. import SkipSchedule
 from ..images import save_grid
-from ..scoring import ProxyFID
+from ..scoring import ProxyFID, StreamingFID
 from ..target import Target
 from ._config import StudyConfig
 
@@ -56,6 +56,7 @@ class Evaluation:
 
     fids: dict[int, float] = field(default_factory=dict)
     samples: int = 0
+    extra: dict[str, float] = field(default_factory=dict)  # reported distances (e.g. FD_DINOv2), when complete
     started: float = field(default_factory=time.perf_counter)
 
     @property
@@ -92,8 +93,11 @@ def evaluate(
     record: Evaluation | None = None,
     on_images: Callable[[torch.Tensor], None] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    stream: StreamingFID | None = None,
+    guide: Target | None = None,
 ) -> Iterator[tuple[int, float]]:
-    """Yield (n, proxy FID of the first n samples) at each fidelity step."""
+    """Yield (n, proxy FID of the first n samples) at each fidelity step (`stream`: to keep the
+    features, from `scorer.stream(..., keep_features=True)`)."""
     record = record if record is not None else Evaluation()
     seeds = seeds if seeds is not None else config.seeds
 
@@ -108,9 +112,12 @@ def evaluate(
         target.net, seeds, solver=config.solver, nfe=config.nfe, schedule=schedule,
         steps=steps if steps is not None else config.steps, batch_size=config.batch_size,
         precision=precision,  # type: ignore[arg-type]
-        time_exponent=config.time_exponent, on_images=on_images, on_samples=guard, progress=count,
+        time_exponent=config.time_exponent, on_images=on_images, on_samples=guard, progress=count, stream=stream,
+        guide=guide.net if guide is not None else None, guidance=config.guidance,
+        guide_schedule=schedule if config.tune_guide else None,
     ):
         if not math.isfinite(fid):
             raise NonFiniteSamples(f"proxy FID is {fid} at {n} samples")
         record.fids[n] = fid
+        record.extra = dict(scorer.last_extra)
         yield n, fid

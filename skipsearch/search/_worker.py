@@ -33,9 +33,8 @@ from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 from sqlalchemy.engine import URL
 
-from .. import SkipSchedule
 from ..errors import StudyError
-from ..scoring import ProxyFID, make_scorer, score_confirmed
+from ..scoring import ProxyFID, make_scorer, score_confirmed, seed_noise
 from ..target import Target, load_target, source_sha256
 from ._config import StudyConfig
 from ._notes import update_study_note
@@ -150,18 +149,25 @@ class _Resources:
     targets: dict[str, Target] = field(default_factory=dict)
     scorers: dict[tuple[str, str, str], ProxyFID] = field(default_factory=dict)
 
-    def target(self, config: StudyConfig, expected_sites: int | None) -> Target:
-        source = self.overrides.get("checkpoint") or config.checkpoint
+    def _load(self, source: str, sha256: str, what: str, option: str, study: str) -> Target:
         if source not in self.targets:
-            if config.checkpoint_sha256 and source_sha256(source) != config.checkpoint_sha256:
-                raise StudyError(
-                    f"checkpoint {source} differs from study {config.study_name!r}'s (sha256 mismatch); "
-                    "give this worker the same file with --checkpoint"
-                )
+            if sha256 and source_sha256(source) != sha256:
+                raise StudyError(f"{what} {source} differs from study {study!r}'s (sha256 mismatch); "
+                                 f"give this worker the same file with {option}")
             self.targets[source] = load_target(source, self.device)
             if self.compile:
                 self.targets[source].compile()
-        target = self.targets[source]
+        return self.targets[source]
+
+    def guide(self, config: StudyConfig) -> Target | None:
+        source = self.overrides.get("guide") or config.guide
+        if not source:
+            return None
+        return self._load(source, config.guide_sha256, "guiding network", "--guide", config.study_name)
+
+    def target(self, config: StudyConfig, expected_sites: int | None) -> Target:
+        source = self.overrides.get("checkpoint") or config.checkpoint
+        target = self._load(source, config.checkpoint_sha256, "checkpoint", "--checkpoint", config.study_name)
         if expected_sites is not None and expected_sites != len(target.sites):
             raise StudyError(f"study {config.study_name!r} expects {expected_sites} skip sites, "
                              f"this network has {len(target.sites)}")
@@ -172,7 +178,9 @@ class _Resources:
         weights = self.overrides.get("features_weights") or config.features_weights
         key = (target.source, config.features, str(reference))
         if key not in self.scorers:
-            scorer = make_scorer(target.net, config.features, reference, device=self.device, features_weights=weights)
+            decode = target.decoder(self.overrides.get("vae") or config.vae, self.device)
+            scorer = make_scorer(target.net, config.features, reference, device=self.device, features_weights=weights,
+                                 report=config.report_features, decode=decode)
             if config.reference_sha256 and scorer.reference.sha256 != config.reference_sha256:
                 raise StudyError(f"reference {reference} differs from study {config.study_name!r}'s (sha256 mismatch); "
                                  "give this worker the same file with --ref")
@@ -321,14 +329,17 @@ class _Worker:
         record, grid = Evaluation(), SampleGrid()
         progress = self._progress_writer(trial)
         final = config.steps[-1]
+        stream = scorer.stream(config.steps, keep_features=True) if kind == "baseline" else None
+        guiding = dict(guide=self.resources.guide(config)) if config.guide else {}
         for n, fid in self.evaluate(config, target, scorer, schedule, precision=precision, record=record,
-                                    on_images=grid, progress=progress):
+                                    on_images=grid, progress=progress, **({"stream": stream} if stream else {}),
+                                    **guiding):
             db(trial.report, fid, n)
             if n < final and db(trial.should_prune):
                 self._finish(study, config, trial, record, grid, target, None, params, number)
                 return
-        if kind == "baseline":
-            self._estimate_noise(study, trial, config, target, scorer, schedule, record.fids[final], precision)
+        if stream is not None:  # the baseline: how much of any FID difference the draw of seeds alone explains
+            db(study.set_user_attr, NOISE_ATTR, seed_noise(scorer, stream, seed=config.sampler_seed))
         self._finish(study, config, trial, record, grid, target, record.fids[final], params, number)
 
     def _confirm(self, study: optuna.Study, config: StudyConfig, target: Target, scorer: ProxyFID,
@@ -349,8 +360,11 @@ class _Worker:
             write_progress(n, total)
 
         start = time.perf_counter()
+        guide = self.resources.guide(config)
         result = score_confirmed(
             scorer, target.net, seeds, solver=config.solver, nfe=config.nfe, schedule=schedule,
+            guide=guide.net if guide else None, guidance=config.guidance,
+            guide_schedule=schedule if config.tune_guide else None,
             resamples=config.bootstrap, bootstrap_seed=bootstrap_seed(study.user_attrs[CONFIRMS_ATTR]),
             batch_size=config.batch_size, precision=precision, time_exponent=config.time_exponent,  # type: ignore[arg-type]
             on_samples=finite_guard(lambda: seeds[0] + done[0]), progress=progress,
@@ -359,6 +373,7 @@ class _Worker:
         db(self._set_attrs, trial, {
             "bootstrap": result.bootstrap, "fid_steps": {str(k): v for k, v in result.fid_steps.items()},
             "fid_infinity": result.fid_infinity, "samples": result.samples, "seconds": round(seconds, 3),
+            "reported": result.extra,
             "images_per_s": round(result.samples / seconds, 2) if seconds > 0 else None,
         })
         with _GATE.critical():
@@ -382,6 +397,7 @@ class _Worker:
         db(self._set_attrs, trial, {
             "fid_steps": {str(k): v for k, v in record.fids.items()}, "samples": record.samples,
             "seconds": round(record.seconds, 3), "images_per_s": round(record.images_per_s or 0.0, 2),
+            **({"reported": record.extra} if record.extra else {}),
         })
         self._upload_grid(trial, grid, target, config)
         with _GATE.critical():
@@ -428,15 +444,6 @@ class _Worker:
                 pass
 
         return write
-
-    def _estimate_noise(self, study: optuna.Study, trial: optuna.Trial, config: StudyConfig, target: Target,
-                        scorer: ProxyFID, schedule: SkipSchedule, value: float, precision: str) -> None:
-        """Score the baseline again on disjoint seeds: |ΔFID| is what seed noise alone can do."""
-        other = list(self.evaluate(config, target, scorer, schedule, precision=precision,
-                              seeds=config.noise_seeds,
-                              steps=[config.samples]))[-1][1]
-        self.db(trial.set_user_attr, "fid_second_seed_set", other)
-        self.db(study.set_user_attr, NOISE_ATTR, abs(other - value))
 
     def _upload_grid(self, trial: optuna.Trial, grid: SampleGrid, target: Target, config: StudyConfig) -> None:
         folder = Path(self.resources.overrides.get("artifacts") or config.artifacts)
