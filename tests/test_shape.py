@@ -120,6 +120,9 @@ def violations(graph: dict[str, set[str]]) -> list[str]:
             if not module.startswith(("skipsearch.cli", "skipsearch.search")) and module not in ENTRY \
                     and within(("skipsearch.search", "skipsearch.cli")):
                 out.append(f"{module} imports {target}: nothing below search imports search or cli")
+            if module.startswith("skipsearch.integrations") and within(
+                    ("skipsearch.metrics", "skipsearch.scoring", "skipsearch.sampling", "skipsearch.target")):
+                out.append(f"{module} imports {target}: a consumer of schedules needs no search machinery")
             if within(("skipsearch.demo",)) and not module.startswith(("skipsearch.demo", "skipsearch.cli")):
                 out.append(f"{module} imports {target}: the demo's build tooling is reached through the CLI only")
     return out

@@ -1,0 +1,111 @@
+"""Apply a skip schedule to a diffusers UNet inside a stock pipeline.
+
+    from skipsearch.integrations.diffusers import apply_schedule
+    with apply_schedule(pipe.unet, "schedules.json", scheduler=pipe.scheduler, nfe=10):
+        images = pipe(num_inference_steps=10).images
+
+Covers `UNet2DModel` (pixel DDPM/DDIM models) and `UNet2DConditionModel` (Stable Diffusion): the
+sites are the inputs of the up blocks' resnets, which concatenate one skip each, in push order
+(the same sites a search on the folder used). A schedule with a σ window needs the pipeline's
+scheduler: the UNet is called with a timestep, which its training schedule turns into the σ the
+window is written in (σ_t = √((1 − ᾱ_t)/ᾱ_t), the σ of skipsearch's wrapper of such a model).
+
+`apply_schedule` restores the UNet when the block ends; `install_schedule` keeps the schedule
+until its handle's `remove()`, for code that holds a pipeline for its lifetime.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import ScheduleError
+from ..schedule import SkipSchedule
+from ..schedule_file import ScheduleDocument, ScheduleEntry, load_schedules
+from ..skiptune import SigmaFrom, SkipTuning, find_unet, site_paths
+
+__all__ = ["apply_schedule", "install_schedule", "timestep_sigma", "unet_sites"]
+
+ScheduleLike = SkipSchedule | ScheduleEntry | ScheduleDocument | str | os.PathLike[str]
+
+
+def unet_sites(unet: nn.Module) -> list[str]:
+    """The block each skip site scales, in push order, as module paths of `unet`."""
+    return [block for block, _ in site_paths(find_unet(unet))]
+
+
+def timestep_sigma(alphas_cumprod: torch.Tensor) -> SigmaFrom:
+    """Reads a UNet call's timestep (positional or `timestep=`) as σ on the training schedule given
+    by ᾱ; a fractional timestep (Euler-type schedulers) interpolates log σ between its neighbours."""
+    a = alphas_cumprod.detach().to("cpu", torch.float64)
+    log_sigmas = ((1 - a) / a).sqrt().log()
+    last = len(log_sigmas) - 1
+
+    def sigma_from(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor | None:
+        t = kwargs.get("timestep", args[1] if len(args) > 1 else None)
+        if t is None:
+            return None
+        t = torch.as_tensor(t).detach().to("cpu", torch.float64).reshape(-1).clamp(0, last)
+        low = t.floor().long().clamp(max=max(last - 1, 0))
+        w = t - low
+        high = (low + 1).clamp(max=last)
+        return (log_sigmas[low] * (1 - w) + log_sigmas[high] * w).exp()
+
+    return sigma_from
+
+
+def _schedule_of(schedule: ScheduleLike, sites: list[str], model: str | None, nfe: int | None,
+                 solver: str | None) -> SkipSchedule:
+    if isinstance(schedule, SkipSchedule):
+        return schedule
+    if isinstance(schedule, (str, os.PathLike)):
+        schedule = load_schedules(schedule)
+    if isinstance(schedule, ScheduleDocument):
+        schedule = schedule.entry(model=model, nfe=nfe, solver=solver)
+    if not isinstance(schedule, ScheduleEntry):
+        raise ScheduleError(f"a schedule is a SkipSchedule, a ScheduleEntry, a schedules document or a file path, "
+                            f"not {type(schedule).__name__}")
+    schedule.check_num_skips(len(sites))
+    for site in schedule.sites or []:
+        index, block = site.get("index"), site.get("block")
+        if isinstance(index, int) and 0 <= index < len(sites) and block is not None and block != sites[index]:
+            raise ScheduleError(f"schedule {schedule.label} scales block {block!r} at site {index}, this UNet has "
+                                f"{sites[index]!r} there: it was exported for a different network")
+    return schedule.schedule
+
+
+def install_schedule(unet: nn.Module, schedule: ScheduleLike, *, scheduler: Any = None, model: str | None = None,
+                     nfe: int | None = None, solver: str | None = None) -> SkipTuning:
+    """Scale `unet`'s skips by `schedule` until the returned handle's `remove()`.
+
+    `schedule` is a schedules file (path or loaded document; `model`/`nfe`/`solver` pick the entry,
+    else the best one), one entry, or a SkipSchedule. An entry that names its sites' blocks must
+    name this UNet's. `scheduler` (any diffusers scheduler with `alphas_cumprod`) is needed only
+    for a σ-windowed schedule.
+    """
+    sites = unet_sites(unet)
+    chosen = _schedule_of(schedule, sites, model, nfe, solver)
+    sigma_from = None
+    if chosen.sigma_range is not None:
+        alphas = getattr(scheduler, "alphas_cumprod", None)
+        if alphas is None:
+            raise ScheduleError("this schedule applies within a σ window: pass scheduler=pipe.scheduler (one with "
+                                "alphas_cumprod) so the UNet's timesteps can be read as σ")
+        sigma_from = timestep_sigma(torch.as_tensor(alphas))
+    return SkipTuning(unet, chosen, sigma_from)
+
+
+@contextmanager
+def apply_schedule(unet: nn.Module, schedule: ScheduleLike, *, scheduler: Any = None, model: str | None = None,
+                   nfe: int | None = None, solver: str | None = None) -> Iterator[nn.Module]:
+    """Within the block, `unet` runs with `schedule` (see `install_schedule`); restored on exit."""
+    handle = install_schedule(unet, schedule, scheduler=scheduler, model=model, nfe=nfe, solver=solver)
+    try:
+        yield unet
+    finally:
+        handle.remove()
