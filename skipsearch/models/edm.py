@@ -29,6 +29,7 @@ __all__ = [
     "DhariwalUNet",
     "EDMPrecond",
     "MODEL_TYPES",
+    "edm_precondition",
 ]
 
 
@@ -447,6 +448,27 @@ class DhariwalUNet(_UNetBase):
         return self.out_conv(F.silu(self.out_norm(x)))
 
 
+def edm_precondition(
+    x: torch.Tensor, sigma: torch.Tensor | float, class_labels: torch.Tensor | None, label_dim: int, sigma_data: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """EDM's preconditioning, shared by EDM and EDM2 (Karras et al. 2022, table 1): float32 inputs,
+    σ as a column, class labels as a batch (zeros when a conditional net gets none), and the
+    (c_skip, c_out, c_in) scalings of D(x; σ) = c_skip·x + c_out·F(c_in·x; ln(σ)/4)."""
+    x = x.to(torch.float32)
+    sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1, 1, 1, 1)
+    if label_dim == 0:
+        class_labels = None
+    elif class_labels is None:
+        # Not "unconditional": a zero class embedding, broadcast over the batch.
+        class_labels = torch.zeros([1, label_dim], device=x.device)
+    else:
+        class_labels = class_labels.to(torch.float32).reshape(-1, label_dim)
+    c_skip = sigma_data**2 / (sigma**2 + sigma_data**2)
+    c_out = sigma * sigma_data / (sigma**2 + sigma_data**2).sqrt()
+    c_in = 1 / (sigma_data**2 + sigma**2).sqrt()
+    return x, sigma, class_labels, (c_skip, c_out, c_in)
+
+
 MODEL_TYPES: dict[str, type[_UNetBase]] = {"SongUNet": SongUNet, "DhariwalUNet": DhariwalUNet}
 
 
@@ -493,21 +515,10 @@ class EDMPrecond(nn.Module):
         force_fp32: bool = False,
         **model_kwargs: Any,
     ) -> torch.Tensor:
-        x = x.to(torch.float32)
-        sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1, 1, 1, 1)
-        if self.label_dim == 0:
-            class_labels = None
-        elif class_labels is None:
-            class_labels = torch.zeros([1, self.label_dim], device=x.device)
-        else:
-            class_labels = class_labels.to(torch.float32).reshape(-1, self.label_dim)
+        x, sigma, class_labels, (c_skip, c_out, c_in) = edm_precondition(
+            x, sigma, class_labels, self.label_dim, self.sigma_data)
         use_half = self.use_fp16 and not force_fp32 and x.device.type == "cuda"
         dtype = torch.float16 if use_half else torch.float32
-
-        sd = self.sigma_data
-        c_skip = sd**2 / (sigma**2 + sd**2)
-        c_out = sigma * sd / (sigma**2 + sd**2).sqrt()
-        c_in = 1 / (sd**2 + sigma**2).sqrt()
         c_noise = sigma.log() / 4
         F_x = self.model((c_in * x).to(dtype), c_noise.flatten(), class_labels=class_labels, **model_kwargs)
         return c_skip * x + c_out * F_x.to(torch.float32)

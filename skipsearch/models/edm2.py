@@ -23,6 +23,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .edm import edm_precondition
+
 __all__ = [
     "normalize",
     "mp_silu",
@@ -381,22 +383,10 @@ class EDM2Precond(nn.Module):
         force_fp32: bool = False,
         return_logvar: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        x = x.to(torch.float32)
-        sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1, 1, 1, 1)
-        if self.label_dim == 0:
-            class_labels = None
-        elif class_labels is None:
-            # Not "unconditional": a zero class embedding, broadcast over the batch.
-            class_labels = torch.zeros([1, self.label_dim], device=x.device)
-        else:
-            class_labels = class_labels.to(torch.float32).reshape(-1, self.label_dim)
+        x, sigma, class_labels, (c_skip, c_out, c_in) = edm_precondition(
+            x, sigma, class_labels, self.label_dim, self.sigma_data)
         use_half = self.use_fp16 and not force_fp32 and x.device.type == "cuda"
         dtype = torch.float16 if use_half else torch.float32
-
-        sd = self.sigma_data
-        c_skip = sd**2 / (sigma**2 + sd**2)
-        c_out = sigma * sd / (sigma**2 + sd**2).sqrt()
-        c_in = 1 / (sd**2 + sigma**2).sqrt()
         c_noise = sigma.flatten().log() / 4
 
         F_x = self.unet((c_in * x).to(dtype), c_noise, class_labels)
