@@ -104,6 +104,8 @@ class Target:
         """What turns this network's samples into uint8 images: None (EDM's RGB conversion) for a pixel
         network; for a latent one, the VAE decoder loaded from the local folder `vae`."""
         if not self.latent:
+            if vae is not None:
+                raise CheckpointError(f"{self.source} samples images, not VAE latents: drop --vae {vae}")
             return None
         if vae is None:
             codec = LatentCodec.of(self.net)

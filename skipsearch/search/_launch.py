@@ -79,8 +79,8 @@ def prepare_studies(
                 raise UsageError(f"--tune-guide needs the guide to have the main network's {len(target.sites)} skip "
                                  f"sites; {config.guide} has {len(guide.sites)}")
             overrides["guide_sha256"] = guide.sha256
-        if target.latent:
-            target.decoder(config.vae)  # a latent network needs its VAE: found and loadable, before anything is written
+        if target.latent or config.vae:
+            target.decoder(config.vae)  # the VAE a latent network needs (and only one): found and loadable, before anything is written
         scorer = make_scorer(target.net, config.features, config.reference, features_weights=config.features_weights,
                              report=config.report_features)
         overrides["reference_sha256"] = scorer.reference.sha256
