@@ -36,12 +36,15 @@ def fixed_cost(seconds: float):  # type: ignore[no-untyped-def]
     """An objective that waits `seconds` per trial (split over the fidelity steps) and returns a
     smooth function of ρ, so the sampler and pruner see a landscape, not noise."""
 
-    def evaluate(config, target, scorer, schedule, *, record=None, on_images=None, progress=None, **_):  # type: ignore[no-untyped-def]
+    def evaluate(config, target, scorer, schedule, *, record=None, on_images=None, progress=None, stream=None, **_):  # type: ignore[no-untyped-def]
         rho = torch.tensor(schedule.rho)
         value = 20.0 + 40.0 * float(((rho[0] - 0.45) ** 2 + 0.2 * ((rho[1:] - 1.0) ** 2).mean()))
         steps = config.steps
         for n in steps:
-            time.sleep(seconds * (n - (steps[steps.index(n) - 1] if steps.index(n) else 0)) / config.samples)
+            new = n - (steps[steps.index(n) - 1] if steps.index(n) else 0)
+            time.sleep(seconds * new / config.samples)
+            if stream is not None:  # the baseline keeps its features for the seed-noise estimate
+                stream.add(torch.randint(0, 256, (new, 1, 16, 16), dtype=torch.uint8))
             if on_images is not None and n == steps[0]:
                 on_images(torch.zeros(8, 1, 16, 16, dtype=torch.uint8))
             if record is not None:
