@@ -73,7 +73,7 @@ class _ErrorBoundary(TyperGroup):
 app = typer.Typer(
     name="skipsearch",
     cls=_ErrorBoundary,
-    help="Search skip-coefficient schedules (Skip-Tuning) for few-step sampling of EDM diffusion networks.",
+    help="Search skip-coefficient schedules (Skip-Tuning) for few-step sampling of diffusion UNets (EDM, EDM2, diffusers).",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,

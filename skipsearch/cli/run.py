@@ -237,8 +237,9 @@ def confirm(
     ref: Annotated[Optional[str], typer.Option("--ref", help="This node's path to the study's reference .npz.")] = None,
     features_weights: FeaturesWeightsOpt = None,
 ) -> None:
-    """Re-score the best schedules and the baseline on held-out seeds, with 95% intervals (workers do
-    this by themselves once a study's budget is spent; this runs it now, here)."""
+    """Re-score the best schedules and the baseline on held-out seeds, with 95% intervals.
+
+    Workers do this by themselves once a study's budget is spent; this runs it now, here."""
     if top is not None and top < 1:
         raise UsageError("--top must be at least 1")
     url = resolve_url(storage)
