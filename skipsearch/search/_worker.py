@@ -33,6 +33,7 @@ from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 from sqlalchemy.engine import URL
 
+from .. import SkipSchedule
 from ..errors import StudyError
 from ..scoring import ProxyFID, make_scorer, score_confirmed, seed_noise
 from ..target import Target, load_target, source_sha256
@@ -315,14 +316,19 @@ class _Worker:
                 self.report.outcomes["failed"] += 1
                 self.log(f"trial {number} failed: {bad}")
 
+    def _open_trial(self, study: optuna.Study, config: StudyConfig, target: Target,
+                    trial_id: int) -> tuple[optuna.Trial, dict[str, Any], SkipSchedule, str]:
+        """A claimed trial with its parameters, the schedule they mean and the precision to run it in."""
+        trial = self.db(optuna.Trial, study, trial_id)
+        params = self.db(suggest_params, trial, config, target.sites)
+        schedule = SPACES.lookup(config.space).schedule(params, config, target.sites)
+        return trial, params, schedule, target.precision(config.precision, self.resources.device)
+
     def _evaluate(self, study: optuna.Study, config: StudyConfig, target: Target, scorer: ProxyFID,
                   trial_id: int, number: int) -> None:
         db = self.db
-        trial = db(optuna.Trial, study, trial_id)
-        params = db(suggest_params, trial, config, target.sites)
-        schedule = SPACES.lookup(config.space).schedule(params, config, target.sites)
+        trial, params, schedule, precision = self._open_trial(study, config, target, trial_id)
         kind = trial.user_attrs.get(KIND_ATTR, "search")
-        precision = target.precision(config.precision, self.resources.device)
         db(self._set_attrs, trial, {"rho": list(schedule.rho), "worker": self.identity.label, "precision": precision,
                                     "device": f"{self.identity.host}:{self.identity.device}",
                                     "sigma_range": list(schedule.sigma_range) if schedule.sigma_range else None})
@@ -346,10 +352,7 @@ class _Worker:
                  trial_id: int, number: int) -> None:
         """One confirmation job: the schedule on the held-out seeds, with bootstrap replicates."""
         db = self.db
-        trial = db(optuna.Trial, study, trial_id)
-        params = db(suggest_params, trial, config, target.sites)
-        schedule = SPACES.lookup(config.space).schedule(params, config, target.sites)
-        precision = target.precision(config.precision, self.resources.device)
+        trial, params, schedule, precision = self._open_trial(study, config, target, trial_id)
         db(self._set_attrs, trial, {"worker": self.identity.label, "precision": precision})
         seeds = config.confirmation_seeds
         done = [0]
