@@ -6,6 +6,8 @@ plain lines, one per event, so a log shows what happened and when.
 
 from __future__ import annotations
 
+import os
+
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -33,7 +35,7 @@ __all__ = [
 ]
 
 console = Console(highlight=False)
-if not console.is_terminal:  # piped or captured: tables need not fit an 80-column default
+if not console.is_terminal and not os.environ.get("COLUMNS"):  # piped: no 80-column default, unless asked
     console = Console(width=120, highlight=False)
 err_console = Console(stderr=True, highlight=False)
 
