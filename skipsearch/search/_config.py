@@ -255,7 +255,8 @@ class StudyConfig:
         reference = data.get("reference")
         if reference is None:
             raise UsageError(
-                "--ref is required for your checkpoint: an EDM fid-refs .npz, or make one with `skipsearch reference`"
+                "--ref is required for your checkpoint: an EDM fid-refs .npz, an EDM2 dataset-ref .pkl, or make one with "
+                "`skipsearch reference`"
             )
         if reference == preset_reference and not str(reference).startswith(BUILTIN_PREFIX) and not Path(reference).is_file():
             raise UsageError(f"preset {preset!r} names reference {reference}, which is not here: give --ref FILE")
