@@ -91,6 +91,31 @@ def test_disallowed_globals_are_named(tmp_path: Path, payload: object, needle: s
         load_network(path)
 
 
+def _text(value: str) -> bytes:
+    """A pickle BINUNICODE opcode."""
+    data = value.encode()
+    return b"X" + len(data).to_bytes(4, "little") + data
+
+
+def test_no_pickle_sets_state_on_an_allowed_global_or_a_checked_record(tmp_path: Path) -> None:
+    """BUILD on an allowed function would change it for the whole process (here: every later
+    torch.load would negate its tensors); BUILD on a checked record would undo its checks."""
+    before = torch._utils._rebuild_tensor_v2.__defaults__
+    poison = (b"\x80\x02ctorch._utils\n_rebuild_tensor_v2\n"  # the global itself, then BUILD on it with
+              b"N}" + _text("__defaults__") + b"}" + _text("neg") + b"\x88s\x85s\x86b"  # (None, {"__defaults__": ...})
+              b"0}.")
+    (tmp_path / "poison.pkl").write_bytes(poison)
+    with pytest.raises(CheckpointError, match="sets the state of a function"):
+        read_edm_pickle(tmp_path / "poison.pkl")
+    assert torch._utils._rebuild_tensor_v2.__defaults__ == before
+    record = (b"\x80\x02ctorch_utils.persistence\n_reconstruct_persistent_obj\n}(" + _text("type") + _text("class")
+              + _text("class_name") + _text("EDMPrecond") + _text("state") + b"}u\x85R"  # a checked record...
+              + b"}" + _text("state") + b"]sb.")  # ...whose state BUILD would turn into a list
+    (tmp_path / "record.pkl").write_bytes(record)
+    with pytest.raises(CheckpointError, match="sets the state of a PersistentRecord"):
+        load_network(tmp_path / "record.pkl")
+
+
 def test_unsupported_precond(tmp_path: Path) -> None:
     record = Persistent("VPPrecond", {"_init_kwargs": {"img_resolution": 32}, "_modules": {}}, "raise SystemExit")
     path = write_pickle({"ema": record}, tmp_path / "edm-vp.pkl")

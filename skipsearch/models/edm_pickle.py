@@ -15,6 +15,7 @@ import io
 import math
 import pickle
 import re
+import struct
 import zipfile
 from collections import OrderedDict
 from collections.abc import Callable
@@ -239,7 +240,24 @@ ALLOWED_GLOBALS: dict[tuple[str, str], Callable[..., Any] | type] = {
 }
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
+# What BUILD (pickle's "set this object's state") may apply to: the records above, which validate
+# their state. Anything else, an allowed function or class included, would be altered for the
+# whole process (a BUILD on torch._utils._rebuild_tensor_v2 could change its defaults).
+_BUILDABLE = (_ArrayRecord, _DtypeRecord, _InertObject, _EasyDict)
+
+
+class _RestrictedUnpickler(pickle._Unpickler):  # the Python unpickler: its BUILD can be guarded
+    dispatch = dict(pickle._Unpickler.dispatch)
+
+    def load_build(self) -> None:
+        target = self.stack[-2] if len(self.stack) >= 2 else None  # [..., object, state]
+        if not isinstance(target, _BUILDABLE):
+            raise CheckpointError(f"checkpoint sets the state of a {type(target).__name__}, which only "
+                                  "numpy arrays, dtypes and plain containers may have")
+        pickle._Unpickler.load_build(self)  # type: ignore[attr-defined]
+
+    dispatch[pickle.BUILD[0]] = load_build
+
     def find_class(self, module: str, name: str) -> Any:
         try:
             return ALLOWED_GLOBALS[(module, name)]
@@ -264,7 +282,8 @@ def read_edm_pickle(path: str | Path) -> Any:
         raise CheckpointError(f"{path}: {e}") from None
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no such file") from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as e:
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
+            struct.error) as e:
         raise CheckpointError(f"{path} is not a readable EDM checkpoint (truncated or not a pickle): {e}") from None
     except RuntimeError as e:  # torch failing on a damaged storage blob
         raise CheckpointError(f"{path} holds a damaged tensor: {e}") from None
