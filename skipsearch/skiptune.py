@@ -218,6 +218,7 @@ class SkipTuning:
         schedule.check_sites(len(consumers))
         self.handles: list[Any] = []
         self.unet = unet
+        self._owns_guard = False  # only the schedule that set the nesting guard may clear it
         if schedule.is_identity:
             return
         if getattr(unet, _ACTIVE_ATTR, False):
@@ -227,6 +228,7 @@ class SkipTuning:
             raise ScheduleError("a σ-windowed schedule needs the denoiser (e.g. EDMPrecond), not its bare UNet")
         tracker = _SigmaTracker(sigma_from or denoiser_sigma)
         unet.__dict__[_ACTIVE_ATTR] = True
+        self._owns_guard = True
         try:
             if schedule.sigma_range is not None:
                 self.handles.append(net.register_forward_pre_hook(tracker.before, with_kwargs=True))
@@ -244,7 +246,9 @@ class SkipTuning:
         for handle in self.handles:
             handle.remove()
         self.handles = []
-        self.unet.__dict__.pop(_ACTIVE_ATTR, None)
+        if self._owns_guard:
+            self.unet.__dict__.pop(_ACTIVE_ATTR, None)
+            self._owns_guard = False
 
 
 @contextmanager

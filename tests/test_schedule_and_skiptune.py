@@ -167,6 +167,12 @@ def test_identity_schedule_adds_no_hooks_and_errors_restore() -> None:
         with pytest.raises(ScheduleError, match="already inside"):
             with skip_tuned(net, SkipSchedule.linear(k, 0.9, 0.9)):
                 pass
+        with skip_tuned(net, SkipSchedule([1.0] * k)):  # an identity schedule inside owns no guard...
+            pass
+        with pytest.raises(ScheduleError, match="already inside"):  # ...so leaving it keeps the outer one's
+            with skip_tuned(net, SkipSchedule.linear(k, 0.9, 0.9)):
+                pass
+        assert all_hooks() == k
     assert all_hooks() == 0
 
 
