@@ -169,6 +169,25 @@ def test_sigma_window_follows_the_pipeline_timesteps() -> None:
             pass
 
 
+def test_a_continuous_time_euler_scheduler_is_read_as_log_sigma() -> None:
+    """EulerDiscreteScheduler(timestep_type="continuous") passes ln(σ)/4, not an index: a σ window
+    must still fire exactly at the steps whose σ lies in it."""
+    scheduler = diffusers.EulerDiscreteScheduler(timestep_type="continuous", prediction_type="v_prediction")
+    scheduler.set_timesteps(5)
+    unet = tiny_unet2d()
+    x = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    rho = [0.5, 1.0, 1.0, 1.0]
+    inside = [1.0 <= s <= 20.0 for s in scheduler.sigmas[:-1].tolist()]
+    assert inside == [False, True, True, False, False]  # σ ≈ 157, 17.3, 3.4, 0.96, 0.01
+    for t, expected_inside in zip(scheduler.timesteps, inside):
+        stock = run_unet(unet, x, t)
+        with apply_schedule(unet, SkipSchedule(rho)):
+            tuned = run_unet(unet, x, t)
+        with apply_schedule(unet, SkipSchedule(rho, (1.0, 20.0)), scheduler=scheduler):
+            windowed = run_unet(unet, x, t)
+        assert torch.equal(windowed, tuned if expected_inside else stock)
+
+
 def test_a_schedule_for_another_network_is_refused(tmp_path: Path) -> None:
     from skipsearch import ScheduleEntry, dump_schedules
 
@@ -244,3 +263,23 @@ def test_a_search_runs_on_a_saved_folder_and_the_pipeline_applies_its_export(tmp
         image = pipe(batch_size=1, num_inference_steps=3, generator=torch.Generator().manual_seed(0),
                      output_type="np").images
     assert image.shape == (1, 8, 8, 3)
+
+
+def test_folders_it_cannot_wrap_are_refused_in_one_line(tmp_path: Path) -> None:
+    from skipsearch import load_network
+    from skipsearch.errors import CheckpointError
+
+    folder = save_folder(tmp_path)
+    config_path = folder / "scheduler" / "scheduler_config.json"
+    ddpm = json.loads(config_path.read_text())
+    config_path.write_text(json.dumps({"_class_name": "ScoreSdeVeScheduler", "num_train_timesteps": 2000,
+                                       "sigma_min": 0.01, "sigma_max": 1348.0}))
+    with pytest.raises(CheckpointError, match="without a discrete β schedule"):  # not DDPM's defaults
+        load_network(str(folder))
+    config_path.write_text(json.dumps(dict(ddpm, _class_name="EulerDiscreteScheduler", timestep_type="continuous")))
+    with pytest.raises(CheckpointError, match="without a discrete β schedule"):
+        load_network(str(folder))
+    config_path.write_text(json.dumps(ddpm))
+    (folder / "unet" / "config.json").write_text("{\n")
+    with pytest.raises(CheckpointError, match="cannot read the UNet config"):
+        load_network(str(folder))

@@ -39,9 +39,16 @@ def unet_sites(unet: nn.Module) -> list[str]:
     return [block for block, _ in site_paths(find_unet(unet))]
 
 
-def timestep_sigma(alphas_cumprod: torch.Tensor) -> SigmaFrom:
+def timestep_sigma(alphas_cumprod: torch.Tensor, continuous: bool = False) -> SigmaFrom:
     """Reads a UNet call's timestep (positional or `timestep=`) as σ on the training schedule given
-    by ᾱ; a fractional timestep (Euler-type schedulers) interpolates log σ between its neighbours."""
+    by ᾱ; a fractional timestep (Euler-type schedulers) interpolates log σ between its neighbours.
+    `continuous`: the scheduler passes ln(σ)/4 instead of an index (Euler's timestep_type="continuous")."""
+    if continuous:
+        def from_log(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor | None:
+            t = kwargs.get("timestep", args[1] if len(args) > 1 else None)
+            return None if t is None else (4 * torch.as_tensor(t).detach().to("cpu", torch.float64).reshape(-1)).exp()
+
+        return from_log
     a = alphas_cumprod.detach().to("cpu", torch.float64)
     log_sigmas = ((1 - a) / a).sqrt().log()
     last = len(log_sigmas) - 1
@@ -96,7 +103,9 @@ def install_schedule(unet: nn.Module, schedule: ScheduleLike, *, scheduler: Any 
         if alphas is None:
             raise ScheduleError("this schedule applies within a σ window: pass scheduler=pipe.scheduler (one with "
                                 "alphas_cumprod) so the UNet's timesteps can be read as σ")
-        sigma_from = timestep_sigma(torch.as_tensor(alphas))
+        config = getattr(scheduler, "config", {})
+        continuous = (config.get("timestep_type") if hasattr(config, "get") else None) == "continuous"
+        sigma_from = timestep_sigma(torch.as_tensor(alphas), continuous=continuous)
     return SkipTuning(unet, chosen, sigma_from)
 
 

@@ -100,11 +100,20 @@ def load_diffusers(path: str | Path) -> DiffusersDenoiser:
     except ImportError:
         raise CheckpointError("diffusers UNets need diffusers: pip install 'skipsearch[diffusers]'") from None
     subfolder = "unet" if (folder / "unet" / "config.json").is_file() else None
-    unet_config = json.loads(((folder / subfolder) if subfolder else folder).joinpath("config.json").read_text())
+    config_path = ((folder / subfolder) if subfolder else folder) / "config.json"
+    try:
+        unet_config = json.loads(config_path.read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{config_path}: cannot read the UNet config: {e}") from None
+    if not isinstance(unet_config, dict):
+        raise CheckpointError(f"{config_path}: not a UNet config (expected a JSON object)")
     if unet_config.get("_class_name") != "UNet2DModel":
         raise CheckpointError(f"{folder}: a {unet_config.get('_class_name')!r}; skipsearch searches UNet2DModel folders "
                               "(UNet2DConditionModel is supported by skipsearch.integrations.diffusers)")
     scheduler = _scheduler_config(folder)
+    if not ({"beta_schedule", "trained_betas"} & set(scheduler)) or scheduler.get("timestep_type") == "continuous":
+        raise CheckpointError(f"{folder}: a {scheduler.get('_class_name')!r} scheduler without a discrete β schedule; "
+                              "skipsearch wraps DDPM-style UNets (DDPM, DDIM, PNDM, Euler, DPM-Solver schedulers)")
     try:
         unet = UNet2DModel.from_pretrained(str(folder), subfolder=subfolder, local_files_only=True,
                                            low_cpu_mem_usage=False)  # no accelerate nag; the UNet is small
