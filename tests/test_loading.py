@@ -73,6 +73,15 @@ def test_positional_init_args_are_bound(tmp_path: Path, ref_net: EDMPrecond, ref
     _assert_same_outputs(network_from_record(raw["ema"]).eval(), reference)
 
 
+def test_arguments_for_a_larger_network_than_the_file_holds_are_refused(tmp_path: Path, ref_net: EDMPrecond,
+                                                                       reference: dict) -> None:
+    """A few bytes of constructor arguments must not allocate a huge network before any tensor is
+    checked: the network is sized on the meta device first."""
+    kwargs = dict(reference["constructor_kwargs"], model_channels=4096)
+    with pytest.raises(CheckpointError, match=r"describe a network of [0-9,]+ values \(EDMPrecond\), but the file holds"):
+        load_network(write_edm_snapshot(ref_net, kwargs, tmp_path / "edm-huge.pkl", tmp_path / "m"))
+
+
 class _Evil:
     def __reduce__(self):  # noqa: D105
         return (print, ("pwned",))

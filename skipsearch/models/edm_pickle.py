@@ -380,12 +380,19 @@ def network_from_record(record: Any) -> EDMPrecond | EDM2Precond:
         if not isinstance(unet, PersistentRecord) or unet.class_name != "UNet":
             raise CheckpointError("this 'Precond' has no EDM2 'unet' (class UNet); it is not an EDM2 network")
     kwargs = _constructor_kwargs(record, cls)
+    tensors: dict[str, torch.Tensor] = {}
+    _collect_tensors(record, "", tensors)
     try:
+        # Sized on the meta device first: a few bytes of arguments must not allocate a huge network.
+        with torch.device("meta"):
+            wanted = sum(t.numel() for t in cls(**kwargs).state_dict().values())
+        held = sum(t.numel() for t in tensors.values())
+        if wanted > held:
+            raise CheckpointError(f"the recorded arguments describe a network of {wanted:,} values ({cls.__name__}), but the "
+                                  f"file holds {held:,}: a damaged or foreign checkpoint")
         net = cls(**kwargs)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"cannot build {cls.__name__} from the recorded arguments {sorted(kwargs)}: {e}") from None
-    tensors: dict[str, torch.Tensor] = {}
-    _collect_tensors(record, "", tensors)
     # float16 tensors are copied into the float32 modules; EDM2's gains remember their dtype.
     load_state_dict_checked(net, tensors)
     if isinstance(net, EDM2Precond):
