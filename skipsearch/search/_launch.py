@@ -257,7 +257,20 @@ def watch(
         yield WatchState(summaries, codes, events, time.monotonic() - start)
         if all(code is not None for code in codes):
             return
-        time.sleep(interval)
+        _wait_for_exit(workers, interval)
+
+
+def _wait_for_exit(workers: Sequence[WorkerProcess], seconds: float) -> None:
+    """Sleep `seconds`, but wake as soon as the last worker exits (the final table comes at once)."""
+    deadline = time.monotonic() + seconds
+    for w in workers:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return
+        try:
+            w.process.wait(timeout=remaining)
+        except subprocess.TimeoutExpired:
+            return
 
 
 def finished_trial_events(storage_url: str | URL | None, names: Sequence[str]) -> list[TrialEvent]:
