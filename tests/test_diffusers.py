@@ -169,6 +169,7 @@ def test_sigma_window_follows_the_pipeline_timesteps() -> None:
             pass
 
 
+@pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # inside diffusers
 def test_a_continuous_time_euler_scheduler_is_read_as_log_sigma() -> None:
     """EulerDiscreteScheduler(timestep_type="continuous") passes ln(σ)/4, not an index: a σ window
     must still fire exactly at the steps whose σ lies in it."""
