@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import threading
@@ -42,10 +43,18 @@ def _check_study(url: str, name: str, budget: int) -> list:
 
 
 def _stop_one_worker(url: str, name: str, procs: list, sig: int, when: int) -> int:
-    """Send `sig` to a worker that is in the middle of a trial once `when` trials have finished."""
+    """Send `sig` to a worker that is in the middle of a trial once `when` trials have finished.
+
+    "In the middle": started within 40% of a typical trial's time (at least 1 s), so it cannot
+    finish before the signal lands; on a loaded machine trials and looks both slow down alike."""
     def ready() -> int | None:
         trials = trials_of(url, name)
-        return running_pid(trials, started_within=1.0) if len(finished(trials)) >= when else None
+        done = finished(trials)
+        if len(done) < when:
+            return None
+        seconds = [(t.datetime_complete - t.datetime_start).total_seconds() for t in done
+                   if t.state == TrialState.COMPLETE and t.datetime_start and t.datetime_complete]
+        return running_pid(trials, started_within=max(1.0, 0.4 * statistics.median(seconds)) if seconds else 1.0)
 
     pid = wait_for(ready, 240, f"a trial just started after {when} finished", every=0.1)
     [victim] = [p for p in procs if p.process.pid == pid]
