@@ -1,4 +1,5 @@
-"""The one way skipsearch writes files (atomically) and fingerprints them (sha256).
+"""The one way skipsearch writes files (atomically), fingerprints them (sha256) and reads the
+small JSON/TOML configs that sit beside checkpoints.
 
 A killed process never leaves half a file: data goes to a temp file in the same folder, is
 fsynced, and replaces the target in one rename; readers see the old file or the whole new one.
@@ -7,6 +8,7 @@ fsynced, and replaces the target in one rename; readers see the old file or the 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tempfile
 from collections.abc import Iterator
@@ -14,9 +16,25 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-from .errors import UsageError
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
 
-__all__ = ["atomic_write", "write_bytes_atomic", "write_text_atomic", "file_sha256", "check_output_path"]
+from .errors import CheckpointError, UsageError
+
+__all__ = ["atomic_write", "write_bytes_atomic", "write_text_atomic", "file_sha256", "check_output_path", "read_mapping"]
+
+
+def read_mapping(path: Path, what: str) -> dict[str, Any]:
+    """A JSON (or, by suffix, TOML) object from `path`; anything else is one CheckpointError line."""
+    try:
+        data = tomllib.loads(path.read_text()) if path.suffix == ".toml" else json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: cannot read the {what}: {e}") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: the {what} must be a JSON/TOML object")
+    return data
 
 
 @contextmanager

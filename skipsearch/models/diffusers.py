@@ -12,7 +12,6 @@ structure in `skipsearch.skiptune`.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
+from ..fileio import read_mapping
 
 __all__ = ["DiffusersDenoiser", "is_diffusers_folder", "load_diffusers", "sigma_table", "sigma_to_t"]
 
@@ -85,10 +85,7 @@ def is_diffusers_folder(path: Path) -> bool:
 def _scheduler_config(path: Path) -> dict[str, Any]:
     for candidate in (path / "scheduler" / "scheduler_config.json", path / "scheduler_config.json"):
         if candidate.is_file():
-            try:
-                return dict(json.loads(candidate.read_text()))
-            except (OSError, ValueError) as e:
-                raise CheckpointError(f"{candidate}: cannot read the scheduler config: {e}") from None
+            return read_mapping(candidate, "scheduler config")
     raise CheckpointError(f"{path}: no scheduler config (scheduler/scheduler_config.json): the σ table comes from it")
 
 
@@ -101,12 +98,7 @@ def load_diffusers(path: str | Path) -> DiffusersDenoiser:
         raise CheckpointError("diffusers UNets need diffusers: pip install 'skipsearch[diffusers]'") from None
     subfolder = "unet" if (folder / "unet" / "config.json").is_file() else None
     config_path = ((folder / subfolder) if subfolder else folder) / "config.json"
-    try:
-        unet_config = json.loads(config_path.read_text())
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{config_path}: cannot read the UNet config: {e}") from None
-    if not isinstance(unet_config, dict):
-        raise CheckpointError(f"{config_path}: not a UNet config (expected a JSON object)")
+    unet_config = read_mapping(config_path, "UNet config")
     if unet_config.get("_class_name") != "UNet2DModel":
         raise CheckpointError(f"{folder}: a {unet_config.get('_class_name')!r}; skipsearch searches UNet2DModel folders "
                               "(UNet2DConditionModel is supported by skipsearch.integrations.diffusers)")

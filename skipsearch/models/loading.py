@@ -13,11 +13,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib  # type: ignore[no-redef]
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +20,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
-from ..fileio import file_sha256
+from ..fileio import file_sha256, read_mapping
 from .builtin import BUILTIN_PREFIX, BUILTINS
 from .diffusers import is_diffusers_folder, load_diffusers
 from .edm import EDMPrecond
@@ -49,19 +44,6 @@ FAMILY_DEFAULTS: dict[str, str | None] = {"edm": "edm-digits", "edm2": None, "di
 NETWORK_CLASSES: dict[str, type[nn.Module]] = {"EDMPrecond": EDMPrecond, "EDM2Precond": EDM2Precond}
 # Top-level prefixes of an EDM2Precond state dict (EDMPrecond's are all "model.").
 _EDM2_PREFIXES = ("unet.", "logvar_fourier.", "logvar_linear.")
-
-
-def _read_config(path: Path) -> dict[str, Any]:
-    try:
-        if path.suffix == ".toml":
-            data = tomllib.loads(path.read_text())
-        else:
-            data = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: cannot read network config: {e}") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path}: network config must be a JSON/TOML object")
-    return data
 
 
 def _config_candidates(path: Path) -> list[Path]:
@@ -133,7 +115,7 @@ def _load_state_dict_network(path: Path, config: str | Path | dict[str, Any] | N
     tensors, cfg = _load_state_dict_file(path)
     source = path
     if config is not None:
-        cfg = config if isinstance(config, dict) else _read_config(Path(config))
+        cfg = config if isinstance(config, dict) else read_mapping(Path(config), "network config")
         source = path if isinstance(config, dict) else Path(config)
     elif cfg is None:
         found = next((c for c in _config_candidates(path) if c.is_file()), None)
@@ -142,7 +124,7 @@ def _load_state_dict_network(path: Path, config: str | Path | dict[str, Any] | N
                 f"{path}: no network config found; put the constructor arguments in {path.with_suffix('.json').name} "
                 "(or .toml, or config.json) beside it"
             )
-        cfg, source = _read_config(found), found
+        cfg, source = read_mapping(found, "network config"), found
     kwargs = _constructor_kwargs(cfg, source)
     cls = _network_class(cfg, tensors, source)
     encoder = _encoder_info(cfg, source)
