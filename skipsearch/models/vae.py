@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
+from .edm2 import ENCODER_ATTR
 
 __all__ = ["LatentCodec", "LatentDecoder", "load_vae"]
 
@@ -35,7 +36,7 @@ class LatentCodec:
     @classmethod
     def of(cls, net: nn.Module) -> LatentCodec:
         """The codec a loaded network carries (EDM2 snapshots record their encoder), else RGB."""
-        info = getattr(net, "skipsearch_encoder", None)
+        info = getattr(net, ENCODER_ATTR, None)
         if info is None or getattr(info, "kind", "rgb") != "vae":
             return cls()
         return cls("vae", getattr(info, "vae_name", None), tuple(float(v) for v in info.scale),
