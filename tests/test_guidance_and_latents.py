@@ -133,6 +133,11 @@ def test_fd_dinov2_preprocessing_and_offline_weights(tmp_path: Path, monkeypatch
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     with pytest.raises(MetricError, match="DINOv2 loads through torch.hub"):
         ss.metrics.make_extractor("dinov2-vit-l-14-edm2")
+    repo = tmp_path / "hub" / "facebookresearch_dinov2_main"  # the code cached, the weights not:
+    repo.mkdir(parents=True)                                    # torch.hub would download them
+    (repo / "hubconf.py").write_text("raise SystemExit('torch.hub ran the repo')\n")
+    with pytest.raises(MetricError, match="DINOv2 weights are not in"):
+        ss.metrics.make_extractor("dinov2-vit-l-14-edm2")
     with pytest.raises(MetricError, match="uint8 images"):
         preprocess(images.float())
 

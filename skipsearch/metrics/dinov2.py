@@ -24,6 +24,7 @@ __all__ = ["EXTRACTOR_NAME", "FeatureExtractorDinoV2EDM2", "preprocess", "hub_re
 
 EXTRACTOR_NAME = "dinov2-vit-l-14-edm2"
 INPUT_SIZE = 224
+WEIGHTS_FILE = "dinov2_vitl14_pretrain.pth"  # what torch.hub caches for dinov2_vitl14
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 
@@ -50,6 +51,10 @@ def _load(weights_path: str | os.PathLike[str] | None) -> torch.nn.Module:
             f"DINOv2 loads through torch.hub and its code is not in {repo}; fetch it once where there is internet "
             "(torch.hub.load('facebookresearch/dinov2', 'dinov2_vitl14')) and copy $TORCH_HOME/hub here"
         )
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / WEIGHTS_FILE
+    if weights_path is None and not cached.is_file():  # torch.hub would download it now: never mid-search
+        raise MetricError(f"DINOv2 weights are not in {cached}; fetch them once where there is internet, or give "
+                          "--features-weights FILE")
     model = torch.hub.load(str(repo), "dinov2_vitl14", source="local", pretrained=weights_path is None)
     if weights_path is not None:
         state = torch.load(weights_path, map_location="cpu", weights_only=True)
