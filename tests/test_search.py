@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import signal
@@ -108,15 +109,19 @@ def test_refuses_a_different_config(tiny_checkpoint: Path, tmp_path: Path) -> No
 
 def test_killed_worker_trial_is_retried(tiny_checkpoint: Path, tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'k.db'}"
-    [prepared] = prepare_studies(url, [_config(tiny_checkpoint, tmp_path, samples=2000, batch_size=100, trials=2,
+    [prepared] = prepare_studies(url, [_config(tiny_checkpoint, tmp_path, samples=8000, batch_size=100, trials=2,
                                                fidelity=[1.0])])
     config = prepared.config
     settings = StorageSettings(heartbeat_interval=1, grace_period=2)
     [victim] = spawn_workers(url, [config.study_name], ["cpu"], tmp_path / "logs", settings)
     storage = open_storage(url, settings)
     study = optuna.load_study(study_name=config.study_name, storage=storage)
-    _wait(lambda: any(t.state == TrialState.RUNNING for t in study.get_trials(deepcopy=False)), 120, "a running trial")
-    threading.Event().wait(1.0)  # mid-trial (one takes several seconds here), after its first heartbeats
+    def mid_trial() -> bool:  # running for a second (its first heartbeats sent), not a fixed sleep after a look
+        now = datetime.datetime.now()
+        return any(t.state == TrialState.RUNNING and t.datetime_start is not None
+                   and (now - t.datetime_start).total_seconds() >= 1.0 for t in study.get_trials(deepcopy=False))
+
+    _wait(mid_trial, 120, "a trial running for a second")
     assert victim.process.poll() is None, "the trial finished before it could be killed"
     assert any(t.state == TrialState.RUNNING for t in study.get_trials(deepcopy=False))
     victim.process.send_signal(signal.SIGKILL)
