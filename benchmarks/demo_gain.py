@@ -21,6 +21,7 @@ from scipy.stats import spearmanr
 
 from skipsearch import SkipSchedule, load_network, skip_sites
 from skipsearch.metrics import real_data_floor
+from skipsearch.recipe import SamplingRecipe
 from skipsearch.scoring import ProxyFID, resolve_metric_defaults
 
 DEFAULT_CONFIGS = "euler:6,euler:10,dpmpp_2m:10,heun:5,heun:7,heun:9,dpmpp_2m:5,dpmpp_2m:6"
@@ -28,7 +29,7 @@ HOLDOUT_START = 100_000
 
 
 def evaluate(scorer: ProxyFID, net, solver: str, nfe: int, schedule, seeds, steps) -> dict[int, float]:
-    return dict(scorer.iter_fid(net, seeds, solver=solver, nfe=nfe, schedule=schedule, steps=steps, batch_size=250))
+    return dict(scorer.iter_fid(net, seeds, SamplingRecipe(solver=solver, nfe=nfe, batch_size=250), schedule, steps=steps))
 
 
 def main() -> None:

@@ -23,6 +23,7 @@ import torch
 
 from skipsearch import SkipSchedule, load_network, skip_sites, skip_tuned
 from skipsearch.models.edm import EDMPrecond
+from skipsearch.recipe import SamplingRecipe
 from skipsearch.scoring import make_scorer
 from skipsearch.target import Target
 
@@ -138,8 +139,8 @@ def main() -> None:
     samples = 200 if args.quick else 1000
 
     def fid(precision: str, start: int = 0) -> float:
-        return list(scorer.iter_fid(demo, range(start, start + samples), solver="euler", nfe=10, batch_size=250,
-                                    precision=precision))[-1][1]  # type: ignore[arg-type]
+        recipe = SamplingRecipe(solver="euler", nfe=10, batch_size=250, precision=precision)
+        return list(scorer.iter_fid(demo, range(start, start + samples), recipe))[-1][1]
 
     full = fid("fp32")
     noise = abs(fid("fp32", 1_000_000) - full)

@@ -31,12 +31,12 @@ from skipsearch.search import (
     SPACES,
     StorageSettings,
     StudyConfig,
-    open_storage,
     prepare_studies,
     run_worker,
     spawn_workers,
     study_summaries,
 )
+from skipsearch.search.storage import open_storage
 
 GRID_RHO = np.linspace(0.3, 1.1, 7)
 GRID_CURVE = np.linspace(-2.0, 2.0, 7)
@@ -51,8 +51,7 @@ def grid(cache: Path) -> dict:
     config = StudyConfig.from_preset("demo")[0]
 
     def fid(schedule: SkipSchedule | None, seeds: range) -> float:
-        return list(scorer.iter_fid(net, seeds, solver=config.solver, nfe=config.nfe, schedule=schedule,
-                                    batch_size=config.batch_size))[-1][1]
+        return list(scorer.iter_fid(net, seeds, config.recipe().with_(precision="fp32"), schedule))[-1][1]
 
     start = time.perf_counter()
     values = [[fid(SkipSchedule.linear(k, float(r), 1.0, float(c)), config.seeds) for c in GRID_CURVE] for r in GRID_RHO]

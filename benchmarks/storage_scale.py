@@ -36,8 +36,9 @@ def fixed_cost(seconds: float):  # type: ignore[no-untyped-def]
     """An objective that waits `seconds` per trial (split over the fidelity steps) and returns a
     smooth function of ρ, so the sampler and pruner see a landscape, not noise."""
 
-    def evaluate(config, target, scorer, schedule, *, record=None, on_images=None, progress=None, stream=None, **_):  # type: ignore[no-untyped-def]
-        rho = torch.tensor(schedule.rho)
+    def evaluate(run):  # type: ignore[no-untyped-def]
+        config, record, on_images, stream = run.config, run.record, run.on_images, run.stream
+        rho = torch.tensor(run.schedule.rho)
         value = 20.0 + 40.0 * float(((rho[0] - 0.45) ** 2 + 0.2 * ((rho[1:] - 1.0) ** 2).mean()))
         steps = config.steps
         for n in steps:
@@ -56,10 +57,10 @@ def fixed_cost(seconds: float):  # type: ignore[no-untyped-def]
 
 
 def child(url: str, cost: float) -> None:
-    from skipsearch.search import StorageSettings, run_worker
+    from skipsearch.search import StorageSettings, WorkerOptions, run_worker
 
-    run_worker(url, None, settings=StorageSettings(heartbeat_interval=5, grace_period=60), log=lambda m: None,
-               evaluation=fixed_cost(cost))
+    run_worker(url, None, WorkerOptions(objective=fixed_cost(cost)), log=lambda m: None,
+               settings=StorageSettings(heartbeat_interval=5, grace_period=60))
 
 
 def fresh_database() -> tuple[str, sa.Engine, str]:
@@ -71,7 +72,8 @@ def fresh_database() -> tuple[str, sa.Engine, str]:
 
 
 def run_workers(n: int, cost: float, per_worker: int, folder: Path) -> tuple[float, int]:
-    from skipsearch.search import StudyConfig, open_storage, prepare_studies
+    from skipsearch.search import StudyConfig, prepare_studies
+    from skipsearch.search.storage import open_storage
 
     url, engine, name = fresh_database()
     try:
@@ -95,7 +97,6 @@ def run_workers(n: int, cost: float, per_worker: int, folder: Path) -> tuple[flo
 def sampler_seconds(finished: int, repeats: int = 3) -> float:
     """One suggestion of the default sampler with `finished` complete trials in the study."""
     from skipsearch.search import SPACES, StudyConfig
-    from skipsearch.search._samplers import make_sampler
 
     [config] = StudyConfig.from_preset("demo", trials=finished + repeats)
     space = SPACES.lookup(config.space)
@@ -110,7 +111,7 @@ def sampler_seconds(finished: int, repeats: int = 3) -> float:
             params=params, distributions=space.distributions(config, sites), value=value))  # type: ignore[arg-type]
     times = []
     for r in range(repeats):
-        study.sampler = make_sampler(config, finished + r, lambda p: [p["rho_top"], p["rho_bottom"], p["curve"]])
+        study.sampler = config.make_sampler(finished + r, lambda p: [p["rho_top"], p["rho_bottom"], p["curve"]])
         start = time.perf_counter()
         trial = study.ask()
         for name, dist in space.distributions(config, sites).items():  # type: ignore[arg-type]

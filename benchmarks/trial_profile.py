@@ -16,13 +16,13 @@ import argparse
 import collections
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 from skipsearch.metrics import fid as fid_module
-from skipsearch.search import StudyConfig, prepare_studies, run_worker
-from skipsearch.search import _storage, _worker
+from skipsearch.search import StudyConfig, StudyStore, WorkerOptions, prepare_studies, run_worker
 
 PARTS = ("network", "decode", "features", "fid math", "storage + sampler", "other")
 
@@ -67,44 +67,37 @@ def main() -> None:
                                        pruner="none", artifacts=str(folder / "artifacts"))
     prepare_studies(url, [config])
 
-    # Storage and sampler: every call the worker makes into Optuna goes through Retrying.
-    retry_call = _storage.Retrying.__call__
-    _storage.Retrying.__call__ = lambda self, fn, *a, **k: clock.wrap("storage + sampler", retry_call)(self, fn, *a, **k)
+    # Storage and sampler: every call the worker makes into Optuna goes through the store.
+    store_call = StudyStore.__call__
+    StudyStore.__call__ = lambda self, fn, *a, **k: clock.wrap("storage + sampler", store_call)(self, fn, *a, **k)
     fid_module.fid_from_statistics = clock.wrap("fid math", fid_module.fid_from_statistics)
     fid_module.FeatureMoments.update = clock.wrap("fid math", fid_module.FeatureMoments.update)
 
-    # Network and feature passes: hooks on the modules the worker loads.
-    load_target = _worker.load_target
+    # Network, decode and feature passes: hooks on what the worker loads, once.
+    hooked: set[int] = set()
 
-    def hooked_target(source, device):  # type: ignore[no-untyped-def]
-        target = load_target(source, device)
-        clock.hook(target.net, "network")
-        return target
+    def loaded(target, scorer) -> None:  # type: ignore[no-untyped-def]
+        if id(target.net) not in hooked:
+            hooked.add(id(target.net))
+            clock.hook(target.net, "network")
+            clock.hook(scorer.extractor, "features")
 
-    _worker.load_target = hooked_target
-    make_scorer = _worker.make_scorer
-
-    def hooked_scorer(*a, **k):  # type: ignore[no-untyped-def]
-        scorer = make_scorer(*a, **k)
-        clock.hook(scorer.extractor, "features")
-        scorer.decode = clock.wrap("decode", scorer.decode)  # RGB conversion, or the VAE for latent networks
-        return scorer
-
-    _worker.make_scorer = hooked_scorer
-    run_trial = _worker._Worker.run_trial
-
-    def timed_trial(self, study, config, target, scorer, trial_id):  # type: ignore[no-untyped-def]
+    @contextmanager
+    def timed_trial(number: int):  # type: ignore[no-untyped-def]
         before = dict(clock.spent)
         start = time.perf_counter()
-        run_trial(self, study, config, target, scorer, trial_id)
+        yield
         wall = time.perf_counter() - start
         parts = {p: clock.spent[p] - before.get(p, 0.0) for p in PARTS[:-1]}
         parts["other"] = wall - sum(parts.values())
         parts["wall"] = wall
         clock.per_trial.append(parts)
 
-    _worker._Worker.run_trial = timed_trial
-    run_worker(url, None, log=lambda m: None)
+    # EDM's RGB conversion (or a VAE for latent networks) is the recipe's decoder: time it there.
+    import skipsearch.scoring as scoring
+
+    scoring.to_uint8 = clock.wrap("decode", scoring.to_uint8)
+    run_worker(url, None, WorkerOptions(on_loaded=loaded, around_trial=timed_trial), log=lambda m: None)
 
     print(f"demo trial profile: {config.solver} NFE {config.nfe}, {config.samples} samples, batch {config.batch_size}, "
           f"{torch.get_num_threads()} threads")

@@ -19,6 +19,7 @@ __all__ = [
     "StudyError",
     "ConfigError",
     "StorageError",
+    "NonFiniteSamples",
 ]
 
 
@@ -64,3 +65,7 @@ class ConfigError(StudyError):
 
 class StorageError(SkipsearchError):
     """The study storage cannot be used: a bad URL, a missing or damaged database, an outage."""
+
+
+class NonFiniteSamples(SkipsearchError):
+    """Samples went NaN or infinite: the schedule (or the network) is broken at this recipe."""

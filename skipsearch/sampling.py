@@ -11,21 +11,25 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from typing import Literal
+from dataclasses import replace
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from .errors import UsageError
+from .recipe import SamplingRecipe
+from .steps import EDM_SIGMA_MAX, EDM_SIGMA_MIN, EDM_TIME_EXPONENT, TimeSteps
 from .schedule import SkipSchedule
 from .skiptune import skip_tuned
-from .solvers import edm_sigmas, get_solver, solve
+from .solvers import get_solver, solve
 
-__all__ = ["sample", "iter_samples", "seed_latents", "to_uint8", "make_sigmas", "Precision", "PRECISIONS",
-           "resolve_precision"]
+__all__ = ["sample", "iter_samples", "sample_batches", "recipe_for", "seed_latents", "to_uint8", "make_sigmas", "recipe_sigmas", "recipe_sigma_list",
+           "net_sigma_range", "Precision", "PRECISIONS", "resolve_precision"]
 
 Precision = Literal["fp32", "bf16", "fp16"]
 PRECISIONS = ("fp32", "bf16", "fp16")
+ScheduleLike = Any  # a SkipSchedule, or an exported ScheduleEntry (which brings its own recipe)
 
 
 def resolve_precision(precision: str, net: nn.Module, device: str | torch.device) -> Precision:
@@ -84,21 +88,35 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
     return (x * 127.5 + 128).clip(0, 255).to(torch.uint8)
 
 
+def net_sigma_range(net: nn.Module) -> tuple[float, float]:
+    """The σ range a network was trained on (EDM: unbounded; a DDPM-style model: its σ table)."""
+    return float(getattr(net, "sigma_min", 0.0)), float(getattr(net, "sigma_max", float("inf")))
+
+
+def recipe_sigma_list(recipe: SamplingRecipe, net: nn.Module | None = None) -> list[float]:
+    """The σ steps `recipe`'s solver takes at its NFE (on `net`: a grid clamped to its σ range)."""
+    steps = get_solver(recipe.solver).steps_for_nfe(recipe.nfe)
+    return recipe.steps.sigma_list(steps, net_sigma_range(net) if net is not None else None)
+
+
+def recipe_sigmas(net: nn.Module, recipe: SamplingRecipe, device: str | torch.device = "cpu") -> torch.Tensor:
+    """The σ steps `recipe` takes on `net`, as the float64 tensor the solvers integrate over."""
+    return torch.tensor(recipe_sigma_list(recipe, net), dtype=torch.float64, device=device)
+
+
 def make_sigmas(
     net: nn.Module,
     solver: str,
     nfe: int,
     *,
-    sigma_min: float = 0.002,
-    sigma_max: float = 80.0,
-    time_exponent: float = 7.0,
+    sigma_min: float = EDM_SIGMA_MIN,
+    sigma_max: float = EDM_SIGMA_MAX,
+    time_exponent: float = EDM_TIME_EXPONENT,
     device: str | torch.device = "cpu",
 ) -> torch.Tensor:
     """EDM time steps for `nfe` evaluations of `solver`, clamped to the network's σ range."""
-    steps = get_solver(solver).steps_for_nfe(nfe)
-    sigma_min = max(sigma_min, float(getattr(net, "sigma_min", 0.0)))
-    sigma_max = min(sigma_max, float(getattr(net, "sigma_max", float("inf"))))
-    return edm_sigmas(steps, sigma_min=sigma_min, sigma_max=sigma_max, time_exponent=time_exponent, device=device)
+    recipe = SamplingRecipe(solver=solver, nfe=nfe, steps=TimeSteps(sigma_min, sigma_max, time_exponent))
+    return recipe_sigmas(net, recipe, device)
 
 
 def _labels_for(
@@ -119,58 +137,38 @@ def _labels_for(
     return torch.eye(label_dim, device=drawn.device)[idx.to(drawn.device)]
 
 
-def iter_samples(
+def _draw(
     net: nn.Module,
     seeds: Sequence[int],
-    *,
-    solver: str,
-    nfe: int,
-    schedule: SkipSchedule | None = None,
-    batch_size: int = 64,
-    device: str | torch.device = "cpu",
-    class_labels: int | Sequence[int] | torch.Tensor | None = None,
-    sigmas: torch.Tensor | None = None,
-    time_exponent: float = 7.0,
-    precision: Precision = "fp32",
-    channels_last: bool | None = None,
-    guide: nn.Module | None = None,
-    guidance: float = 1.0,
-    guide_schedule: SkipSchedule | None = None,
+    recipe: SamplingRecipe,
+    schedule: SkipSchedule | None,
+    guide_schedule: SkipSchedule | None,
+    device: torch.device,
+    class_labels: int | Sequence[int] | torch.Tensor | None,
 ) -> Iterator[tuple[Sequence[int], torch.Tensor]]:
-    """Yield (seeds, x) batch by batch; x is the solver's final float64 output, unclipped.
-
-    `class_labels`: None draws them per seed as EDM does; an int fixes one class; a sequence gives
-    one class per seed. `sigmas` overrides the EDM time steps (its length must match the NFE).
-    `guide`, `guidance` g: the guided denoiser D_guide + g·(D_net − D_guide) (EDM2's autoguidance;
-    g = 1 is the main network alone), each solver evaluation then calling both networks; the
-    schedule applies to the main network, `guide_schedule` (if any) to the guide.
-    """
-    if batch_size < 1:
-        raise UsageError(f"batch_size must be at least 1, got {batch_size}")
-    if precision not in PRECISIONS:
-        raise UsageError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
-    device = torch.device(device)
-    if sigmas is None:
-        sigmas = make_sigmas(net, solver, nfe, time_exponent=time_exponent, device=device)
+    guide = recipe.guide if recipe.guided else None
+    if recipe.guided and guide is None:
+        raise UsageError(f"this recipe samples with autoguidance (guidance {recipe.guidance:g}): give its guiding "
+                         "network (--guide CHECKPOINT, or recipe.with_networks(guide=net))")
+    precision = resolve_precision(recipe.precision, net, device)
+    sigmas = recipe_sigmas(net, recipe, device)
+    params = recipe.params
     label_dim = int(getattr(net, "label_dim", 0))
     shape = [int(net.img_channels), int(net.img_resolution), int(net.img_resolution)]
-    if channels_last is None:  # by default where it pays: convolutions on a GPU
-        channels_last = device.type == "cuda"
+    channels_last = recipe.channels_last if recipe.channels_last is not None else device.type == "cuda"
     memory_format = torch.channels_last if channels_last and device.type == "cuda" else torch.contiguous_format
-    if memory_format is torch.channels_last:
+    if memory_format is torch.channels_last:  # where it pays: convolutions on a GPU
         net = net.to(memory_format=torch.channels_last)
-
-    guided = guide is not None and guidance != 1.0
-    if guided and memory_format is torch.channels_last:
-        guide = guide.to(memory_format=torch.channels_last)  # type: ignore[union-attr]
-    guide_labels = int(getattr(guide, "label_dim", 0)) if guided else 0
+        if guide is not None:
+            guide = guide.to(memory_format=torch.channels_last)
+    guide_labels = int(getattr(guide, "label_dim", 0)) if guide is not None else 0
 
     seeds = list(seeds)
     with (torch.inference_mode(), skip_tuned(net, schedule), _native_fp16(net, precision, device) as native,
-          skip_tuned(guide, guide_schedule) if guided else nullcontext(),
-          _native_fp16(guide, precision, device) if guided else nullcontext()):
-        for start in range(0, len(seeds), batch_size):
-            batch = seeds[start : start + batch_size]
+          skip_tuned(guide, guide_schedule) if guide is not None else nullcontext(),
+          _native_fp16(guide, precision, device) if guide is not None else nullcontext()):
+        for start in range(0, len(seeds), recipe.batch_size):
+            batch = seeds[start : start + recipe.batch_size]
             latents, drawn = seed_latents(batch, shape, label_dim, device)
             labels = _labels_for(class_labels, drawn, start, start + len(batch), label_dim)
 
@@ -178,36 +176,133 @@ def iter_samples(
                 x = x.to(memory_format=memory_format)
                 with _call_context(precision, native, device):
                     out = net(x, sigma, labels).to(torch.float64)
-                    if guided:  # an unconditional guide ignores the labels
-                        ref = guide(x, sigma, labels if guide_labels else None).to(torch.float64)  # type: ignore[misc]
-                        out = ref + guidance * (out - ref)
+                    if guide is not None:  # an unconditional guide ignores the labels
+                        ref = guide(x, sigma, labels if guide_labels else None).to(torch.float64)
+                        out = ref + recipe.guidance * (out - ref)
                 return out
 
-            yield batch, solve(solver, denoise, latents, nfe, sigmas=sigmas)
+            yield batch, solve(recipe.solver, denoise, latents, recipe.nfe, sigmas=sigmas, params=params)
+
+
+def _entry_parts(schedule: ScheduleLike, recipe: SamplingRecipe | None) -> tuple[SkipSchedule | None, SamplingRecipe | None]:
+    """An exported entry as the schedule: its ρ, and (unless one is given) the recipe it records."""
+    to_recipe = getattr(schedule, "recipe", None)
+    if schedule is None or isinstance(schedule, SkipSchedule) or not callable(to_recipe):
+        return schedule, recipe
+    return schedule.schedule, recipe or to_recipe()
+
+
+def sample_batches(
+    net: nn.Module,
+    seeds: Sequence[int],
+    recipe: SamplingRecipe,
+    schedule: ScheduleLike = None,
+    *,
+    device: str | torch.device = "cpu",
+    class_labels: int | Sequence[int] | torch.Tensor | None = None,
+) -> Iterator[tuple[Sequence[int], torch.Tensor]]:
+    """Yield (seeds, x) batch by batch; x is the solver's final float64 output, unclipped.
+
+    `class_labels`: None draws them per seed as EDM does; an int fixes one class; a sequence gives
+    one class per seed. The schedule applies to the main network, and to the guide when the recipe
+    says `guide_tuned`.
+    """
+    schedule, _ = _entry_parts(schedule, recipe)
+    guide_schedule = schedule if recipe.guide_tuned else None
+    return _draw(net, seeds, recipe, schedule, guide_schedule, torch.device(device), class_labels)
+
+
+def recipe_for(
+    schedule: ScheduleLike, recipe: SamplingRecipe | None, solver: str | None, nfe: int | None, **given: Any,
+) -> tuple[SkipSchedule | None, SamplingRecipe]:
+    """The recipe of the public sampling calls: `recipe`, else the one an exported entry records,
+    else EDM's steps; keyword arguments given explicitly override it."""
+    schedule, base = _entry_parts(schedule, recipe)
+    sigmas = given.pop("sigmas", None)
+    time_exponent = given.pop("time_exponent", None)
+    changes = {k: v for k, v in given.items() if v is not None}
+    if solver is not None:
+        changes["solver"] = solver
+    if nfe is not None:
+        changes["nfe"] = nfe
+    if base is None:
+        if "solver" not in changes or "nfe" not in changes:
+            raise UsageError("give solver= and nfe= (or recipe=, or an exported schedule entry)")
+        base = SamplingRecipe(solver=changes["solver"], nfe=changes["nfe"])
+    steps = base.steps
+    if time_exponent is not None:
+        steps = replace(steps, time_exponent=float(time_exponent), sigmas=None)
+    if sigmas is not None:
+        steps = replace(steps, sigmas=tuple(float(v) for v in torch.as_tensor(sigmas, dtype=torch.float64).tolist()))
+    return schedule, base.with_(steps=steps, **changes)
+
+
+def iter_samples(
+    net: nn.Module,
+    seeds: Sequence[int],
+    *,
+    solver: str | None = None,
+    nfe: int | None = None,
+    schedule: ScheduleLike = None,
+    batch_size: int | None = None,
+    device: str | torch.device = "cpu",
+    class_labels: int | Sequence[int] | torch.Tensor | None = None,
+    sigmas: torch.Tensor | Sequence[float] | None = None,
+    time_exponent: float | None = None,
+    precision: str | None = None,
+    channels_last: bool | None = None,
+    guide: nn.Module | None = None,
+    guidance: float | None = None,
+    guide_schedule: SkipSchedule | None = None,
+    recipe: SamplingRecipe | None = None,
+) -> Iterator[tuple[Sequence[int], torch.Tensor]]:
+    """Yield (seeds, x) batch by batch; x is the solver's final float64 output, unclipped.
+
+    `schedule` is a SkipSchedule, or an exported schedule entry: then the entry's recorded recipe
+    (solver, NFE, σ steps, solver parameters, guidance) is used unless `recipe` is given, and the
+    keyword arguments override single fields. `sigmas` overrides the time steps (its length must
+    match the NFE). `guide`, `guidance` g: the guided denoiser D_guide + g·(D_net − D_guide)
+    (EDM2's autoguidance; g = 1 is the main network alone); the schedule applies to the main
+    network, `guide_schedule` (if any) to the guide.
+    """
+    schedule, chosen = recipe_for(schedule, recipe, solver, nfe, batch_size=batch_size, sigmas=sigmas,
+                                  time_exponent=time_exponent, precision=precision, channels_last=channels_last,
+                                  guidance=guidance)
+    if guide is not None:
+        chosen = chosen.with_networks(guide=guide)
+    if guide_schedule is None and chosen.guide_tuned:
+        guide_schedule = schedule
+    return _draw(net, seeds, chosen.with_(guide_tuned=False), schedule, guide_schedule, torch.device(device),
+                 class_labels)
 
 
 def sample(
     net: nn.Module,
     seeds: Sequence[int],
     *,
-    solver: str,
-    nfe: int,
-    schedule: SkipSchedule | None = None,
-    batch_size: int = 64,
+    solver: str | None = None,
+    nfe: int | None = None,
+    schedule: ScheduleLike = None,
+    batch_size: int | None = None,
     device: str | torch.device = "cpu",
     class_labels: int | Sequence[int] | torch.Tensor | None = None,
-    sigmas: torch.Tensor | None = None,
-    time_exponent: float = 7.0,
-    precision: Precision = "fp32",
+    sigmas: torch.Tensor | Sequence[float] | None = None,
+    time_exponent: float | None = None,
+    precision: str | None = None,
     channels_last: bool | None = None,
     guide: nn.Module | None = None,
-    guidance: float = 1.0,
+    guidance: float | None = None,
     guide_schedule: SkipSchedule | None = None,
+    recipe: SamplingRecipe | None = None,
 ) -> torch.Tensor:
-    """All samples for `seeds` as one float64 tensor [N,C,H,W] in data space (nominally [-1, 1])."""
+    """All samples for `seeds` as one float64 tensor [N,C,H,W] in data space (nominally [-1, 1]).
+
+    Arguments as `iter_samples`: `sample(net, seeds, schedule=doc.entry(...))` samples exactly as
+    the search that chose the entry did.
+    """
     batches = iter_samples(
         net, seeds, solver=solver, nfe=nfe, schedule=schedule, batch_size=batch_size, device=device,
         class_labels=class_labels, sigmas=sigmas, time_exponent=time_exponent, precision=precision,
-        channels_last=channels_last, guide=guide, guidance=guidance, guide_schedule=guide_schedule,
+        channels_last=channels_last, guide=guide, guidance=guidance, guide_schedule=guide_schedule, recipe=recipe,
     )
     return torch.cat([x for _, x in batches])

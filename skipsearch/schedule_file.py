@@ -25,6 +25,8 @@ from jsonschema.exceptions import best_match
 
 from .errors import ScheduleFileError
 from .fileio import atomic_write
+from .recipe import SamplingRecipe
+from .steps import EDM_SIGMA_MAX, EDM_SIGMA_MIN, EDM_TIME_EXPONENT, TimeSteps
 from .schedule import SkipSchedule
 
 __all__ = [
@@ -40,12 +42,15 @@ __all__ = [
     "load_schedules",
     "dump_schedules",
     "entry_from_schedule",
+    "best_of",
 ]
 
 FORMAT = "skipsearch.schedules/v1"
 FORMAT_V1_1 = "skipsearch.schedules/v1.1"  # written when an entry uses the v1.1 keys; v1 and any v1.N are read
 SCHEMA_RESOURCE = "schedules-v1.schema.json"
 _FORMAT_PREFIX = "skipsearch.schedules/"
+# Autoguidance, recorded in solver.params: a consumer must guide the same way to see the same gain.
+GUIDE_NAME_KEY, GUIDE_SHA_KEY, GUIDANCE_KEY, GUIDE_TUNED_KEY = "guide", "guide_sha256", "guidance", "guide_tuned"
 _VERSION_RE = re.compile(r"v(\d+)(?:\.(\d+))?")
 _MAJOR = 1
 _MAX_MESSAGE_VALUE = 120  # long instance reprs in schema messages are cut so errors stay one line
@@ -294,6 +299,38 @@ class ScheduleEntry:
     def schedule(self) -> SkipSchedule:
         return SkipSchedule(self.rho, self.sigma_range)
 
+    def recipe(self) -> SamplingRecipe:
+        """How the search that chose this schedule sampled: solver and its parameters, NFE, the σ
+        steps, autoguidance. `score`, `sample` and the Python API sample from this.
+
+        A recorded σ list is used as it is; when the grid parameters are recorded beside it, the two
+        must agree (an edit of one without the other would sample differently from either).
+        """
+        params = dict(self.solver_params or {})
+        guidance = float(params.pop(GUIDANCE_KEY, 1.0))
+        guide_tuned = bool(params.pop(GUIDE_TUNED_KEY, False))
+        guide_sha256 = params.pop(GUIDE_SHA_KEY, None)
+        params.pop(GUIDE_NAME_KEY, None)
+        steps = TimeSteps(
+            sigma_min=EDM_SIGMA_MIN if self.sigma_min is None else self.sigma_min,
+            sigma_max=EDM_SIGMA_MAX if self.sigma_max is None else self.sigma_max,
+            time_exponent=EDM_TIME_EXPONENT if self.time_exponent is None else self.time_exponent,
+            sigmas=self.sigmas,
+        )
+        recorded_grid = None not in (self.sigma_min, self.sigma_max, self.time_exponent)
+        if self.sigmas is not None and recorded_grid and not steps.agrees_with_grid():
+            raise ScheduleFileError(
+                f"schedule {self.label}: solver.sigmas do not follow from sigma_min {self.sigma_min:g}, sigma_max "
+                f"{self.sigma_max:g} and time_exponent {self.time_exponent:g}; edit both together, or drop one"
+            )
+        if self.sigmas is not None and len(self.sigmas) < 2:
+            raise ScheduleFileError(f"schedule {self.label}: solver.sigmas needs at least 2 entries")
+        try:
+            return SamplingRecipe(solver=self.solver, nfe=self.nfe, solver_params=params, steps=steps,
+                                  guidance=guidance, guide_tuned=guide_tuned, guide_sha256=guide_sha256)
+        except ValueError as e:
+            raise ScheduleFileError(f"schedule {self.label}: {e}") from None
+
     @property
     def label(self) -> str:
         return f"{self.model_name}/{self.solver}/nfe{self.nfe}"
@@ -376,6 +413,15 @@ class ScheduleEntry:
         )
 
 
+def best_of(entries: Sequence[ScheduleEntry]) -> ScheduleEntry:
+    """The entry to use among several: the lowest confirmed (held-out) score where an entry has one,
+    else the lowest search score; unscored entries last; ties: the first. The one ranking rule of
+    every reader (`ScheduleDocument.entry`, `skipsearch sample`)."""
+    if not entries:
+        raise ScheduleFileError("no schedules to choose from")
+    return min(entries, key=lambda e: (e.rank_value is None, e.rank_value if e.rank_value is not None else 0.0))
+
+
 def _describe_filters(model: str | None, nfe: int | None, solver: str | None) -> str:
     given = [f"{k}={v!r}" for k, v in (("model", model), ("solver", solver), ("nfe", nfe)) if v is not None]
     return ", ".join(given) or "no filters"
@@ -388,6 +434,7 @@ class ScheduleDocument:
     entries: list[ScheduleEntry]
     created: str
     source: str | None = None
+    format: str = FORMAT  # as read; a written file says v1.1 when an entry needs it
 
     def select(
         self, model: str | None = None, nfe: int | None = None, solver: str | None = None
@@ -411,7 +458,7 @@ class ScheduleDocument:
                 f"{_where(self.source)}schedules for {_describe_filters(model, nfe, solver)} are scored with "
                 f"different metrics ({', '.join(map(str, metrics))}) and cannot be ranked; give model, solver and nfe"
             )
-        return min(matches, key=lambda e: (e.rank_value is None, e.rank_value if e.rank_value is not None else 0.0))
+        return best_of(matches)
 
     def best(self, model: str | None = None, nfe: int | None = None, solver: str | None = None) -> SkipSchedule:
         """The schedule to use for (model, nfe, solver); see `entry` for the ranking rule."""
@@ -425,7 +472,7 @@ class ScheduleDocument:
     @classmethod
     def from_json(cls, data: Any, *, source: str | None = None) -> ScheduleDocument:
         validate_document(data, source=source)
-        return cls([ScheduleEntry._parse(e) for e in data["schedules"]], data["created"], source)
+        return cls([ScheduleEntry._parse(e) for e in data["schedules"]], data["created"], source, data["format"])
 
 
 # --------------------------------------------------------------------------------------------
@@ -485,6 +532,7 @@ def dump_schedules(
     else:
         doc = ScheduleDocument(list(entries), created or _now(), os.fspath(path))
     data = doc.to_json()
+    doc.format = data["format"]
     validate_document(data, source=f"refusing to write {doc.source}")
     try:
         text = json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n"

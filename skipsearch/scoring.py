@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 
-from .errors import MetricError, ScheduleFileError
+from .errors import MetricError, NonFiniteSamples, ScheduleFileError
 from .metrics import (
     FrechetToReference,
     ReferenceStats,
@@ -34,13 +34,17 @@ from .metrics import (
     save_reference,
 )
 from .models.builtin import builtin_info
-from .sampling import Precision, iter_samples, to_uint8
+from .recipe import SamplingRecipe
+from .sampling import recipe_for
+from .sampling import sample_batches, to_uint8
 from .schedule import SkipSchedule
 from .schedule_file import ScheduleEntry
 from .skiptune import skip_sites
 
 __all__ = [
     "StreamingFID",
+    "SampleWatch",
+    "finite_guard",
     "ProxyFID",
     "Confirmed",
     "score",
@@ -87,11 +91,34 @@ def _checked_extractor(features: str, reference: ReferenceStats, device: torch.d
     return extractor
 
 
+@dataclass
+class SampleWatch:
+    """What a pass over samples reports to: each batch of raw float64 samples (`on_samples`, e.g. to
+    refuse non-finite ones), its uint8 images (`on_images`) and the running count (`progress`)."""
+
+    on_samples: Callable[[torch.Tensor], None] | None = None
+    on_images: Callable[[torch.Tensor], None] | None = None
+    progress: Progress | None = None
+
+
+def finite_guard(first_seed: Callable[[], int]) -> Callable[[torch.Tensor], None]:
+    """A check for each batch of raw samples: any NaN or infinity ends the pass, with the count."""
+
+    def guard(x: torch.Tensor) -> None:
+        finite = torch.isfinite(x.reshape(len(x), -1)).all(dim=1)
+        if not bool(finite.all()):
+            bad = int((~finite).sum())
+            kind = "NaN" if bool(torch.isnan(x).any()) else "infinite"
+            raise NonFiniteSamples(f"non-finite samples: {bad}/{len(x)} {kind} in the batch from seed {first_seed()}")
+
+    return guard
+
+
 class ProxyFID:
     """A reusable scorer: one extractor and one reference for many evaluations, and optionally more
     (`extra`: feature name → reference) whose distances are reported, not optimised (e.g.
-    FD_DINOv2 next to FID). `decode` turns samples into uint8 images (default EDM's RGB
-    conversion; a VAE decoder for latent networks)."""
+    FD_DINOv2 next to FID). Samples become uint8 images by the recipe's `decode` (default EDM's
+    RGB conversion; a VAE decoder for latent networks)."""
 
     def __init__(
         self,
@@ -101,14 +128,12 @@ class ProxyFID:
         device: str | torch.device = "cpu",
         weights_path: str | None = None,
         extra: Mapping[str, ReferenceStats] | None = None,
-        decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         self.features = features
         self.reference = reference
         self.device = torch.device(device)
         self.extractor = _checked_extractor(features, reference, self.device, weights_path)
         self.extra = {name: (_checked_extractor(name, ref, self.device, None), ref) for name, ref in (extra or {}).items()}
-        self.decode = decode or to_uint8
         self.last_extra: dict[str, float] = {}
 
     def stream(self, steps: Sequence[int], keep_features: bool = False) -> StreamingFID:
@@ -118,30 +143,19 @@ class ProxyFID:
         self,
         net: nn.Module,
         seeds: Sequence[int],
-        *,
-        solver: str,
-        nfe: int,
+        recipe: SamplingRecipe,
         schedule: SkipSchedule | None = None,
+        *,
         steps: Sequence[int] | None = None,
-        batch_size: int = 250,
-        precision: Precision = "fp32",
-        time_exponent: float = 7.0,
-        class_labels: Any = None,
-        on_images: Callable[[torch.Tensor], None] | None = None,
-        on_samples: Callable[[torch.Tensor], None] | None = None,
-        progress: Progress | None = None,
+        watch: SampleWatch | None = None,
         stream: StreamingFID | None = None,
-        guide: nn.Module | None = None,
-        guidance: float = 1.0,
-        guide_schedule: SkipSchedule | None = None,
     ) -> Iterator[tuple[int, float]]:
         """Yield (n, FID of the first n samples) at each step; the last step is len(seeds).
 
-        `on_samples` sees each batch of raw float64 samples (e.g. to refuse non-finite ones),
-        `on_images` its uint8 images, `progress(done, total)` the running sample count; `stream`
-        (from `self.stream(...)`) lets the caller keep the features.
+        `stream` (from `self.stream(...)`) lets the caller keep the features.
         """
         seeds = list(seeds)
+        watch = watch or SampleWatch()
         steps = sorted(set(steps or []) | {len(seeds)})
         if steps[0] < 2 or steps[-1] > len(seeds):
             raise MetricError(f"fidelity steps must lie in [2, {len(seeds)}], got {steps}")
@@ -149,22 +163,18 @@ class ProxyFID:
             stream = StreamingFID(self.extractor, self.reference, steps)
         extra = {name: StreamingFID(ext, ref, [len(seeds)]) for name, (ext, ref) in self.extra.items()}
         self.last_extra = {}
-        batches = iter_samples(
-            net, seeds, solver=solver, nfe=nfe, schedule=schedule, batch_size=batch_size, device=self.device,
-            precision=precision, time_exponent=time_exponent, class_labels=class_labels, guide=guide,
-            guidance=guidance, guide_schedule=guide_schedule,
-        )
-        for _, x in batches:
-            if on_samples is not None:
-                on_samples(x)
-            images = self.decode(x)
-            if on_images is not None:
-                on_images(images)
+        decode = recipe.decode or to_uint8
+        for _, x in sample_batches(net, seeds, recipe, schedule, device=self.device):
+            if watch.on_samples is not None:
+                watch.on_samples(x)
+            images = decode(x)
+            if watch.on_images is not None:
+                watch.on_images(images)
             for other in extra.values():
                 other.add(images)
             results = stream.add(images)
-            if progress is not None:
-                progress(stream.count, len(seeds))
+            if watch.progress is not None:
+                watch.progress(stream.count, len(seeds))
             if stream.done:
                 self.last_extra = {name: other.results[-1][1] for name, other in extra.items() if other.results}
             yield from results
@@ -186,31 +196,20 @@ def score_confirmed(
     scorer: ProxyFID,
     net: nn.Module,
     seeds: Sequence[int],
-    *,
-    solver: str,
-    nfe: int,
+    recipe: SamplingRecipe,
     schedule: SkipSchedule | None,
-    resamples: int,
-    bootstrap_seed: int,
-    batch_size: int = 250,
-    precision: Precision = "fp32",
-    time_exponent: float = 7.0,
-    on_samples: Callable[[torch.Tensor], None] | None = None,
-    progress: Progress | None = None,
-    guide: nn.Module | None = None,
-    guidance: float = 1.0,
-    guide_schedule: SkipSchedule | None = None,
+    *,
+    bootstrap: tuple[int, int],
+    watch: SampleWatch | None = None,
 ) -> Confirmed:
-    """Proxy FID on `seeds` with B bootstrap replicates over samples, drawn from `bootstrap_seed`
-    so every schedule scored with the same seeds and draws is paired with every other; FID at
-    n/8, n/4, n/2 and n gives FID(∞) by the 1/n fit."""
+    """Proxy FID on `seeds` with B bootstrap replicates over samples (`bootstrap` = (B, seed)), drawn
+    from one seed so every schedule scored with the same seeds and draws is paired with every
+    other; FID at n/8, n/4, n/2 and n gives FID(∞) by the 1/n fit."""
+    resamples, bootstrap_seed = bootstrap
     n = len(seeds)
     steps = sorted({max(2, n // 8), max(2, n // 4), max(2, n // 2), n})
     stream = scorer.stream(steps, keep_features=True)
-    fids = dict(scorer.iter_fid(net, seeds, solver=solver, nfe=nfe, schedule=schedule, steps=steps,
-                                batch_size=batch_size, precision=precision, time_exponent=time_exponent,
-                                on_samples=on_samples, progress=progress, stream=stream, guide=guide,
-                                guidance=guidance, guide_schedule=guide_schedule))
+    fids = dict(scorer.iter_fid(net, seeds, recipe, schedule, steps=steps, watch=watch, stream=stream))
     frechet = FrechetToReference(scorer.reference)
     replicates = frechet.bootstrap(stream.features(), bootstrap_counts(n, resamples, bootstrap_seed))
     return Confirmed(fids[n], n, fids, [float(v) for v in replicates], fid_infinity(list(fids), list(fids.values())),
@@ -246,7 +245,6 @@ def make_scorer(
     device: str | torch.device = "cpu",
     features_weights: str | None = None,
     report: Sequence[str] = (),
-    decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> ProxyFID:
     """The scorer for `net`: its features and reference (a built-in's own by default), plus the
     distances in `report` (feature names) read from the same reference file."""
@@ -258,88 +256,111 @@ def make_scorer(
         if reference is None or isinstance(reference, ReferenceStats):
             raise MetricError(f"reporting {name} needs a reference file that holds its statistics (e.g. EDM2's .pkl)")
         extra[name] = resolve_reference(reference, name)
-    return ProxyFID(features, ref, device=device, weights_path=features_weights, extra=extra, decode=decode)
+    return ProxyFID(features, ref, device=device, weights_path=features_weights, extra=extra)
 
 
 def score_steps(
     net: nn.Module,
     seeds: Sequence[int],
     *,
-    solver: str,
-    nfe: int,
-    schedule: SkipSchedule | None = None,
+    solver: str | None = None,
+    nfe: int | None = None,
+    schedule: Any = None,
     features: str | None = None,
     reference: str | Path | ReferenceStats | None = None,
     steps: Sequence[int] | None = None,
     batch_size: int = 250,
     device: str | torch.device = "cpu",
-    precision: Precision = "fp32",
+    precision: str | None = None,
     features_weights: str | None = None,
+    recipe: SamplingRecipe | None = None,
 ) -> list[tuple[int, float]]:
-    """Proxy FID after the first n samples for each n in `steps` (and for all of `seeds`)."""
+    """Proxy FID after the first n samples for each n in `steps` (and for all of `seeds`).
+
+    `schedule` may be an exported entry: its recorded recipe is used (see `sampling.sample`).
+    """
+    schedule, chosen = recipe_for(schedule, recipe, solver, nfe, batch_size=batch_size, precision=precision)
     scorer = make_scorer(net, features, reference, device=device, features_weights=features_weights)
-    return list(scorer.iter_fid(net, seeds, solver=solver, nfe=nfe, schedule=schedule, steps=steps,
-                                batch_size=batch_size, precision=precision))
+    return list(scorer.iter_fid(net, seeds, chosen, schedule, steps=steps))
 
 
 def score(
     net: nn.Module,
     seeds: Sequence[int],
     *,
-    solver: str,
-    nfe: int,
-    schedule: SkipSchedule | None = None,
+    solver: str | None = None,
+    nfe: int | None = None,
+    schedule: Any = None,
     features: str | None = None,
     reference: str | Path | ReferenceStats | None = None,
     batch_size: int = 250,
     device: str | torch.device = "cpu",
-    precision: Precision = "fp32",
+    precision: str | None = None,
     features_weights: str | None = None,
+    recipe: SamplingRecipe | None = None,
 ) -> float:
     """Proxy FID of `net` sampled with `solver` at `nfe` (built-ins use their own features/reference)."""
     return score_steps(net, seeds, solver=solver, nfe=nfe, schedule=schedule, features=features, reference=reference,
                        batch_size=batch_size, device=device, precision=precision,
-                       features_weights=features_weights)[-1][1]
+                       features_weights=features_weights, recipe=recipe)[-1][1]
 
 
 @dataclass(frozen=True)
 class ScoreRow:
-    """One re-scored schedule next to the untuned baseline on the same seeds."""
+    """One re-scored schedule next to the untuned baseline on the same seeds (and the same recipe)."""
 
     solver: str
     nfe: int
     baseline: float
     tuned: float | None
     searched: float | None  # the score the search gave it, on its own seeds
+    recipe: SamplingRecipe | None = None
 
     @property
     def change(self) -> float | None:
         """Relative FID change (negative is better)."""
         return None if self.tuned is None else (self.tuned - self.baseline) / self.baseline
 
+    def to_json(self) -> dict[str, Any]:
+        return {"solver": self.solver, "nfe": self.nfe, "baseline_fid": self.baseline, "schedule_fid": self.tuned,
+                "change": self.change, "search_fid": self.searched}
+
 
 def score_schedules(
     scorer: ProxyFID,
     net: nn.Module,
-    entries: Sequence[ScheduleEntry | tuple[str, int]],
+    entries: Sequence[ScheduleEntry | SamplingRecipe],
     seeds: Sequence[int],
     *,
-    batch_size: int = 250,
-    precision: Precision = "fp32",
+    settings: SamplingRecipe | None = None,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> Iterator[ScoreRow]:
     """Re-score schedules and their untuned baselines on `seeds` (common random numbers).
 
-    An entry is an exported schedule, or (solver, nfe) for a baseline alone. Each (solver, nfe)
-    baseline is computed once. `progress(label, done, total)` follows every pass.
+    An entry is an exported schedule, sampled with the recipe it records, or a recipe alone (a
+    baseline). `settings` supplies what is this machine's to choose (batch size, precision) and
+    the networks a recipe needs beside the main one (guide, decoder). Each recipe's baseline is
+    computed once; a schedule or baseline whose samples go non-finite fails with the count.
+    `progress(label, done, total)` follows every pass.
     """
     sites = len(skip_sites(net))
-    baselines: dict[tuple[str, int], float] = {}
+    baselines: dict[SamplingRecipe, float] = {}
+    own = settings or SamplingRecipe()
 
-    def run(label: str, solver: str, nfe: int, schedule: SkipSchedule | None) -> float:
+    def run(label: str, recipe: SamplingRecipe, schedule: SkipSchedule | None) -> float:
         report = None if progress is None else (lambda done, total: progress(label, done, total))
-        return list(scorer.iter_fid(net, seeds, solver=solver, nfe=nfe, schedule=schedule, batch_size=batch_size,
-                                    precision=precision, progress=report))[-1][1]
+        done = [0]
+
+        def count(n: int, total: int) -> None:
+            done[0] = n
+            if report is not None:
+                report(n, total)
+
+        watch = SampleWatch(on_samples=finite_guard(lambda: seeds[done[0]]), progress=count)
+        try:
+            return list(scorer.iter_fid(net, seeds, recipe, schedule, watch=watch))[-1][1]
+        except NonFiniteSamples as e:
+            raise NonFiniteSamples(f"{label}: {e}; the schedule breaks the network at this recipe") from None
 
     for entry in entries:
         if isinstance(entry, ScheduleEntry):
@@ -347,14 +368,15 @@ def score_schedules(
                 raise ScheduleFileError(
                     f"schedule {entry.label} has {entry.num_skips} coefficients, this network has {sites} skip sites"
                 )
-            solver, nfe, schedule, searched = entry.solver, entry.nfe, entry.schedule, entry.score_value
+            recipe, schedule, searched = entry.recipe(), entry.schedule, entry.score_value
+            recipe = recipe.with_(batch_size=own.batch_size, precision=own.precision, channels_last=own.channels_last)
         else:
-            (solver, nfe), schedule, searched = entry, None, None
-        key = (solver, nfe)
-        if key not in baselines:
-            baselines[key] = run(f"{solver} NFE {nfe} baseline", solver, nfe, None)
-        tuned = None if schedule is None else run(f"{solver} NFE {nfe} schedule", solver, nfe, schedule)
-        yield ScoreRow(solver, nfe, baselines[key], tuned, searched)
+            recipe, schedule, searched = entry, None, None
+        recipe = recipe.with_networks(guide=own.guide, decode=own.decode)
+        if recipe not in baselines:
+            baselines[recipe] = run(f"{recipe.describe()} baseline", recipe, None)
+        tuned = None if schedule is None else run(f"{recipe.describe()} schedule", recipe, schedule)
+        yield ScoreRow(recipe.solver, recipe.nfe, baselines[recipe], tuned, searched, recipe)
 
 
 def build_reference(

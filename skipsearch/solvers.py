@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -47,6 +47,7 @@ import torch
 from torch import Tensor
 
 from .errors import SolverError
+from .steps import edm_sigma_list
 from .registry import Registry
 
 __all__ = [
@@ -81,26 +82,12 @@ def edm_sigmas(
     time_exponent: float = 7.0,
     device: torch.device | str | None = None,
 ) -> Tensor:
-    """EDM's σ sequence: N values from σ_max to σ_min, uniform in σ^(1/time_exponent), then 0.
-
-    Returns a float64 tensor of length num_steps + 1.  The exponent is EDM's ρ; it is called
-    ``time_exponent`` here because ρ names the skip coefficients in this project.
-    """
-    if isinstance(num_steps, bool) or not isinstance(num_steps, numbers.Integral) or num_steps < 1:
-        raise ValueError(f"num_steps must be an integer >= 1, got {num_steps!r}")
-    sigma_min, sigma_max, time_exponent = float(sigma_min), float(sigma_max), float(time_exponent)
-    if not (math.isfinite(sigma_min) and math.isfinite(sigma_max) and 0.0 < sigma_min < sigma_max):
-        raise ValueError(f"need 0 < sigma_min < sigma_max (finite), got sigma_min={sigma_min}, sigma_max={sigma_max}")
-    if not (math.isfinite(time_exponent) and time_exponent > 0.0):
-        raise ValueError(f"time_exponent must be finite and > 0, got {time_exponent}")
-    num_steps = int(num_steps)
-    if num_steps == 1:
-        # A single step goes straight from σ_max to 0 (the grid formula would divide by N − 1 = 0).
-        return torch.tensor([sigma_max, 0.0], dtype=torch.float64, device=device)
-    inv = 1.0 / time_exponent
-    frac = torch.arange(num_steps, dtype=torch.float64, device=device) / (num_steps - 1)
-    t = (sigma_max**inv + frac * (sigma_min**inv - sigma_max**inv)) ** time_exponent
-    return torch.cat([t, torch.zeros(1, dtype=torch.float64, device=device)])
+    """EDM's σ sequence (`skipsearch.recipe.edm_sigma_list`) as a float64 tensor of num_steps + 1."""
+    try:
+        values = edm_sigma_list(num_steps, sigma_min, sigma_max, time_exponent)
+    except SolverError as e:
+        raise ValueError(str(e)) from None
+    return torch.tensor(values, dtype=torch.float64, device=device)
 
 
 def _sigma_list(sigmas: SigmaLike) -> list[float]:
@@ -410,6 +397,21 @@ class SolverSpec:
     nfe_per_step: int = 1
     nfe_saved_at_end: int = 0
     params: dict[str, object] = field(default_factory=dict)  # the settings it runs with (exported with schedules)
+    tunable: tuple[str, ...] = ()  # the params a recipe may change (keyword arguments of `fn`)
+
+    def call_params(self, given: Mapping[str, object] | None) -> dict[str, object]:
+        """The keyword arguments `fn` runs with for a recipe's solver params: tunable ones as given,
+        descriptive ones (UniPC's variant) only at the value this implementation has."""
+        out: dict[str, object] = {}
+        for key, value in (given or {}).items():
+            if key in self.tunable:
+                out[key] = value
+            elif key not in self.params:
+                known = ", ".join(self.params) or "none"
+                raise SolverError(f"{self.name} has no parameter {key!r} (its parameters: {known})")
+            elif value != self.params[key]:
+                raise SolverError(f"{self.name} runs with {key}={self.params[key]!r} only, not {value!r}")
+        return out
 
     def nfe_for_steps(self, steps: int) -> int:
         if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
@@ -445,9 +447,10 @@ for _spec in (
     SolverSpec("euler", euler, order=1),
     SolverSpec("heun", heun, order=2, nfe_per_step=2, nfe_saved_at_end=1),
     SolverSpec("dpmpp_2m", dpmpp_2m, order=2),
-    SolverSpec("dpmpp_3m", dpmpp_3m, order=3, params={"kdiffusion_compat": False}),
-    SolverSpec("ipndm", ipndm, order=4, params={"max_order": 4}),
-    SolverSpec("unipc", unipc, order=3, params={"max_order": 2, "variant": "bh2", "corrector": True}),
+    SolverSpec("dpmpp_3m", dpmpp_3m, order=3, params={"kdiffusion_compat": False}, tunable=("kdiffusion_compat",)),
+    SolverSpec("ipndm", ipndm, order=4, params={"max_order": 4}, tunable=("max_order",)),
+    SolverSpec("unipc", unipc, order=3, params={"max_order": 2, "variant": "bh2", "corrector": True},
+               tunable=("max_order",)),
 ):
     SOLVERS.register(_spec.name, _spec)
 
@@ -462,19 +465,21 @@ def solve(
     latents: Tensor,
     nfe: int,
     sigmas: SigmaLike | None = None,
-    sigma_min: float = 0.002,
-    sigma_max: float = 80.0,
-    time_exponent: float = 7.0,
+    params: Mapping[str, object] | None = None,
+    **grid: float,
 ) -> Tensor:
     """Sample with exactly `nfe` denoiser evaluations; returns float64 x at σ = 0.
 
-    Builds EDM's σ sequence for the number of steps this NFE buys, or checks that the given one
-    has that length and ends in 0 (the NFE bookkeeping assumes it).
+    Uses EDM's σ sequence (`grid`: sigma_min, sigma_max, time_exponent) for the number of steps
+    this NFE buys, or checks that the given `sigmas` have that length and end in 0 (the NFE
+    bookkeeping assumes it). `params` are the solver's own settings (e.g. ipndm's max_order), as a
+    recipe records them.
     """
     spec = get_solver(solver)
     steps = spec.steps_for_nfe(nfe)
+    kwargs = spec.call_params(params)
     if sigmas is None:
-        sig = edm_sigmas(steps, sigma_min, sigma_max, time_exponent, device=latents.device)
+        sig = edm_sigmas(steps, device=latents.device, **grid)
     else:
         sig = torch.as_tensor(sigmas, dtype=torch.float64)
         if sig.dim() != 1 or sig.numel() != steps + 1:
@@ -485,4 +490,4 @@ def solve(
         if float(sig[-1]) != 0.0:
             raise SolverError(f"sigmas must end in 0 for solve() (NFE = {nfe} assumes it), got {float(sig[-1])}")
     x = latents.to(torch.float64) * float(sig[0])
-    return spec.fn(denoise, x, sig)
+    return spec.fn(denoise, x, sig, **kwargs)

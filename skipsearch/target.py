@@ -20,7 +20,8 @@ from .errors import CheckpointError, ScheduleFileError
 from .models.builtin import BUILTIN_PREFIX, builtin_info
 from .models.vae import LatentCodec, LatentDecoder, load_vae
 from .models.loading import checkpoint_sha256, load_network, model_choices, model_name, resolve_model_source
-from .sampling import make_sigmas, resolve_precision
+from .recipe import SamplingRecipe
+from .sampling import recipe_sigma_list, resolve_precision
 from .schedule import SkipSchedule, SkipSite
 from .schedule_file import ScheduleDocument, ScheduleEntry
 from .skiptune import find_unet, site_paths, skip_sites
@@ -87,9 +88,9 @@ class Target:
                  "block": f"{prefix}{block}", "encoder": f"{prefix}{encoder}"}
                 for s, (block, encoder) in zip(self.sites, site_paths(find_unet(self.net)), strict=True)]
 
-    def sigmas(self, solver: str, nfe: int, time_exponent: float = 7.0) -> list[float]:
-        """The σ steps `solver` takes at `nfe` on this network (EDM's grid, clamped to its range)."""
-        return [float(v) for v in make_sigmas(self.net, solver, nfe, time_exponent=time_exponent)]
+    def sigmas(self, recipe: SamplingRecipe) -> list[float]:
+        """The σ steps `recipe` takes on this network (a grid is clamped to the network's σ range)."""
+        return recipe_sigma_list(recipe, self.net)
 
     def precision(self, requested: str, device: str | torch.device) -> str:
         """The precision this network samples in on `device` (`auto` resolved; see sampling)."""

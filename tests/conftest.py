@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from skipsearch.models.edm import EDMPrecond
-from skipsearch.search import resolve_url
+from skipsearch.search.storage import resolve_url
 
 TINY_NET = dict(img_resolution=8, img_channels=1, model_type="SongUNet", model_channels=8, channel_mult=[1, 2],
                 num_blocks=1, attn_resolutions=[], dropout=0.0)

@@ -17,7 +17,8 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from skipsearch.search import StorageSettings, StudyConfig, open_storage
+from skipsearch.search import StorageSettings, StudyConfig
+from skipsearch.search.storage import open_storage
 
 
 def tiny_config(checkpoint: Path, tmp_path: Path, **overrides: Any) -> StudyConfig:
@@ -52,7 +53,7 @@ def trials_of(url: str, name: str) -> list[FrozenTrial]:
 
 
 def finished(trials: list[FrozenTrial]) -> list[FrozenTrial]:
-    from skipsearch.search import counts_toward_budget
+    from skipsearch.search._study import counts_toward_budget
 
     return [t for t in trials if counts_toward_budget(t)]
 

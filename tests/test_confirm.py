@@ -14,15 +14,9 @@ from typer.testing import CliRunner
 
 from skipsearch import load_schedules
 from skipsearch.cli import app
-from skipsearch.search import (
-    StorageSettings,
-    confirm_name,
-    export_schedules,
-    open_storage,
-    prepare_studies,
-    spawn_workers,
-    study_summaries,
-)
+from skipsearch.search import StorageSettings, export_schedules, prepare_studies, spawn_workers, study_summaries
+from skipsearch.search._confirm import confirm_name
+from skipsearch.search.storage import open_storage
 
 runner = CliRunner()
 

@@ -13,7 +13,7 @@ import typer
 import yaml
 
 from skipsearch.cli import app
-from skipsearch.search import ENV_VAR
+from skipsearch.search.storage import ENV_VAR
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMAND = typer.main.get_command(app)

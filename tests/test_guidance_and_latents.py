@@ -20,6 +20,7 @@ from skipsearch.metrics import load_reference, load_references
 from skipsearch.metrics.dinov2 import preprocess
 from skipsearch.models.edm import EDMPrecond
 from skipsearch.models.vae import LatentCodec, LatentDecoder, load_vae
+from skipsearch.recipe import SamplingRecipe
 from skipsearch.scoring import make_scorer
 from skipsearch.search import StudyConfig
 from skipsearch.target import Target
@@ -84,8 +85,9 @@ def test_a_latent_network_is_scored_through_its_vae(tmp_path: Path) -> None:
     with torch.no_grad():
         manual = (vae.decode((x.float() - bias) / scale).sample.clamp(0, 1) * 255).to(torch.uint8)
     assert torch.equal(images, manual)
-    scorer = make_scorer(net, "skipsearch-digits", "builtin:edm-digits", decode=decode)  # RGB digits features
-    fid = list(scorer.iter_fid(net, range(6), solver="euler", nfe=2, batch_size=3))[-1][1]
+    scorer = make_scorer(net, "skipsearch-digits", "builtin:edm-digits")  # RGB digits features
+    recipe = SamplingRecipe(solver="euler", nfe=2, batch_size=3).with_networks(decode=decode)
+    fid = list(scorer.iter_fid(net, range(6), recipe))[-1][1]
     assert np.isfinite(fid)
     with pytest.raises(CheckpointError, match="not a saved VAE"):
         load_vae(tmp_path)

@@ -19,7 +19,8 @@ import pytest
 from helpers import finished, own_postgres, param_key, running_pid, tiny_config, trials_of, wait_for
 from optuna.trial import TrialState
 
-from skipsearch.search import KIND_ATTR, StorageSettings, prepare_studies, spawn_workers
+from skipsearch.search import StorageSettings, prepare_studies, spawn_workers
+from skipsearch.search.attrs import KIND_ATTR
 
 FAST = StorageSettings(heartbeat_interval=1, grace_period=3, outage_limit=120)
 
@@ -185,7 +186,9 @@ def test_non_finite_samples_fail_the_trial_and_the_study_goes_on(tiny_checkpoint
 
     import torch
 
-    from skipsearch.search import open_storage, prepare_study, resolve_url, run_worker
+    from skipsearch.search import StudyStore, run_worker
+    from skipsearch.search._study import prepare_study
+    from skipsearch.search.storage import resolve_url
     from skipsearch.target import load_target
 
     state = torch.load(tiny_checkpoint, weights_only=True)
@@ -194,7 +197,7 @@ def test_non_finite_samples_fail_the_trial_and_the_study_goes_on(tiny_checkpoint
     shutil.copy(tiny_checkpoint.with_suffix(".json"), tmp_path / "nan.json")
     url = resolve_url(f"sqlite:///{tmp_path / 'n.db'}")
     config = tiny_config(tmp_path / "nan.pt", tmp_path, trials=4)
-    prepare_study(open_storage(url, create=True), url, config, load_target(config.checkpoint).sites)
+    prepare_study(StudyStore.open(url, create=True), config, load_target(config.checkpoint).sites)
     report = run_worker(url, None, log=lambda m: None)
     assert report.outcomes == {"failed": 4}
     trials = trials_of(str(url), config.study_name)

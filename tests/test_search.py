@@ -22,18 +22,10 @@ from typer.testing import CliRunner
 from skipsearch import load_schedules
 from skipsearch.cli import app
 from skipsearch.errors import StudyError
-from skipsearch.search import (
-    KIND_ATTR,
-    StorageSettings,
-    StudyConfig,
-    load_study,
-    mask_url,
-    open_storage,
-    prepare_studies,
-    resolve_url,
-    run_worker,
-    spawn_workers,
-)
+from skipsearch.search import StorageSettings, StudyConfig, prepare_studies, run_worker, spawn_workers
+from skipsearch.search.attrs import KIND_ATTR
+from skipsearch.search._study import load_study
+from skipsearch.search.storage import mask_url, open_storage, resolve_url
 
 runner = CliRunner()
 
@@ -162,7 +154,7 @@ def test_export_validate_load_round_trip(tiny_checkpoint: Path, tmp_path: Path) 
     assert s["noise"] is not None and isinstance(s["significant"], bool)
 
     # The dashboard on the same storage answers and lists the study.
-    from skipsearch.search import dashboard_app as make_app
+    from skipsearch.search._dashboard import dashboard_app as make_app
 
     class Quiet(WSGIRequestHandler):
         def log_message(self, *args) -> None:  # noqa: D102
@@ -204,7 +196,7 @@ def test_postgres_password_never_printed(pg_url: str) -> None:
         (["launch", "--rho-bounds", "1.2", "0.5", "--no-workers"], "rho bounds must be finite with low < high"),
         (["launch", "--preset", "nope", "--no-workers"], "unknown study preset"),
         (["launch", "--nfe", "10", "x", "--no-workers"], "unexpected argument"),
-        (["launch", "--checkpoint", "mine.pt", "--no-workers"], "--ref is required"),
+        (["launch", "--checkpoint", "mine.pt", "--no-workers"], "--ref is required"),  # mine.pt exists (below)
         (["worker", "--study", "missing/euler/nfe1"], "no skipsearch storage at sqlite:///skipsearch.db"),
         (["export", "-o", "out.json"], "no skipsearch storage at sqlite:///skipsearch.db"),
         (["status", "--storage", "not a url"], "not a database URL"),
@@ -213,6 +205,7 @@ def test_postgres_password_never_printed(pg_url: str) -> None:
 def test_search_commands_bad_input(args: list[str], needle: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("SKIPSEARCH_STORAGE", raising=False)
+    (tmp_path / "mine.pt").write_bytes(b"")  # an existing checkpoint: what is missing is its reference
     result = runner.invoke(app, args)
     assert result.exit_code == 2, result.output
     assert needle in " ".join(result.output.split()), result.output

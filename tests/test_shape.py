@@ -1,7 +1,11 @@
 """The house keeps its shape: imports read from the source (ast), checked against the layering.
 
 Arrows point down only: cli → search → scoring/target → sampling → solvers/skiptune/schedule.
-Type-only imports (under `if TYPE_CHECKING:`) are not edges: they never run.
+Type-only imports (under `if TYPE_CHECKING:`) are not edges: they never run. Inside the package a
+name is imported from the module that defines it: the lazy root package (`skipsearch.__all__`) is
+the users' face, never a way in for the package itself. Faces stay narrow: `skipsearch.search`
+exposes at most 25 names, benchmarks import no private (`_name`) module, and no function outside
+the public API, the CLI's commands and the network constructors takes more than 8 parameters.
 """
 
 from __future__ import annotations
@@ -15,8 +19,10 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "skipsearch"
 ENTRY = ("skipsearch.__main__", "skipsearch.entry")  # the top: they start the CLI
-LOWER = ("skipsearch.models", "skipsearch.solvers", "skipsearch.sampling", "skipsearch.skiptune",
-         "skipsearch.schedule", "skipsearch.schedule_file", "skipsearch.metrics")
+# Internals of the floors below the search: search/ and cli/ reach them through scoring and target.
+LOWER = ("skipsearch.models", "skipsearch.sampling", "skipsearch.skiptune", "skipsearch.metrics")
+MAX_PARAMETERS = 8
+SEARCH_FACE_MAX = 25
 
 
 def module_name(path: Path, root: Path = PACKAGE) -> str:
@@ -113,7 +119,10 @@ def violations(graph: dict[str, set[str]]) -> list[str]:
         for target in sorted(targets):
             within = lambda prefixes: any(target == p or target.startswith(p + ".") for p in prefixes)  # noqa: E731
             if module.startswith(("skipsearch.search", "skipsearch.cli")) and within(LOWER):
-                out.append(f"{module} imports {target}: search/ and cli/ use the public API, scoring and target")
+                out.append(f"{module} imports {target}: search/ and cli/ reach models, metrics and sampling "
+                           "through scoring and target")
+            if target == "skipsearch" and module not in ENTRY:
+                out.append(f"{module} imports the root package: import a name from the module that defines it")
             if module.startswith("skipsearch.metrics") and within(("skipsearch.models", "skipsearch.sampling",
                                                                     "skipsearch.scoring", "skipsearch.search")):
                 out.append(f"{module} imports {target}: metrics know no models, sampling, scoring or search")
@@ -140,8 +149,9 @@ def test_the_checks_catch_what_they_guard(tmp_path: Path) -> None:
     """The checkers themselves fail on a house that breaks the rules."""
     assert find_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     bad = {"skipsearch.search._x": {"skipsearch.models.edm"}, "skipsearch.metrics.fid": {"skipsearch.sampling"},
-           "skipsearch.solvers": {"skipsearch.cli"}, "skipsearch.scoring": {"skipsearch.demo.data"}}
-    assert len(violations(bad)) == 4
+           "skipsearch.solvers": {"skipsearch.cli"}, "skipsearch.scoring": {"skipsearch.demo.data"},
+           "skipsearch.search._y": {"skipsearch"}}
+    assert len(violations(bad)) == 5
     pkg = tmp_path / "skipsearch"
     (pkg / "sub").mkdir(parents=True)
     (pkg / "__init__.py").write_text("")
@@ -176,3 +186,71 @@ def test_public_api_is_what_all_says() -> None:
 
     for name in search.__all__:
         assert hasattr(search, name), name
+
+
+def private_imports(folder: Path) -> list[str]:
+    """Imports of a private skipsearch module (a `_name` part) in the scripts of `folder`."""
+    out = []
+    for path in sorted(folder.rglob("*.py")):
+        for node in _imports(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                names = [f"{node.module}.{a.name}" for a in node.names] if node.module else []
+            for name in names:
+                parts = name.split(".")
+                if parts[0] == "skipsearch" and any(p.startswith("_") and not p.startswith("__") for p in parts):
+                    out.append(f"{path.name} imports {name}")
+    return out
+
+
+def test_benchmarks_use_faces_only(tmp_path: Path) -> None:
+    assert private_imports(PACKAGE.parent / "benchmarks") == []
+    (tmp_path / "bench.py").write_text("from skipsearch.search._worker import run_worker\nimport skipsearch.search\n")
+    assert private_imports(tmp_path) == ["bench.py imports skipsearch.search._worker.run_worker"]
+
+
+def _is_command_module(path: Path) -> bool:
+    return path.parent.name == "cli" and not path.name.startswith("_")
+
+
+def wide_functions(root: Path = PACKAGE) -> list[str]:
+    """Functions with more than MAX_PARAMETERS parameters, but the public API's (skipsearch.__all__),
+    the CLI's commands (module-level functions of cli/ command modules) and network constructors
+    (`__init__` in models/, whose arguments mirror the checkpoints' recorded ones)."""
+    import skipsearch
+
+    out = []
+    for path in sorted(root.rglob("*.py")):
+        tree = ast.parse(path.read_text(), str(path))
+        module = module_name(path, root)
+        top_level = {id(n) for n in tree.body}
+        for node in ast.walk(tree):
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            a = node.args
+            names = [x.arg for x in a.posonlyargs + a.args + a.kwonlyargs]
+            if names and names[0] in ("self", "cls"):
+                names = names[1:]
+            count = len(names) + (a.vararg is not None) + (a.kwarg is not None)
+            if count <= MAX_PARAMETERS:
+                continue
+            public = id(node) in top_level and node.name in skipsearch.__all__ and \
+                skipsearch._EXPORTS.get(node.name) == module.removeprefix("skipsearch.")
+            command = id(node) in top_level and _is_command_module(path)
+            constructor = node.name == "__init__" and module.startswith("skipsearch.models")
+            if not (public or command or constructor):
+                out.append(f"{module}.{node.name}: {count} parameters")
+    return out
+
+
+def test_no_function_takes_more_than_eight_parameters() -> None:
+    assert wide_functions() == []
+
+
+def test_the_search_face_is_narrow() -> None:
+    import skipsearch.search as search
+
+    assert len(search.__all__) <= SEARCH_FACE_MAX
+    for name in search.__all__:
+        assert getattr(search, name) is not None

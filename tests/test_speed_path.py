@@ -9,7 +9,8 @@ from conftest import TINY_NET
 import skipsearch as ss
 from skipsearch.models.edm import EDMPrecond
 from skipsearch.sampling import resolve_precision
-from skipsearch.scoring import make_scorer
+from skipsearch.recipe import SamplingRecipe
+from skipsearch.scoring import SampleWatch, make_scorer
 from skipsearch.target import Target
 
 
@@ -31,8 +32,8 @@ def test_bf16_scores_within_the_proxy_noise_and_features_stay_fp32() -> None:
 
     def fid(precision: str, s: range = seeds) -> float:
         keep = kept.append if precision == "bf16" else None
-        return list(scorer.iter_fid(demo, s, solver="euler", nfe=3, batch_size=40, precision=precision,
-                                    on_images=keep))[-1][1]
+        recipe = SamplingRecipe(solver="euler", nfe=3, batch_size=40, precision=precision)
+        return list(scorer.iter_fid(demo, s, recipe, watch=SampleWatch(on_images=keep)))[-1][1]
 
     full, half = fid("fp32"), fid("bf16")
     noise = abs(fid("fp32", other) - full)

@@ -1,7 +1,9 @@
 """The Typer app and its one error boundary.
 
 Every `SkipsearchError` (and a file-system error) raised under any command ends here as one red
-line and exit code 2 — never a traceback — with any storage password redacted.
+line and exit code 2 — never a traceback — with any storage password redacted; a signal that
+stopped the work (`Interrupted`) ends as one yellow line saying what became of it, and exit code
+128 + the signal. Nothing heavy is imported here: `--help` and one-line errors stay fast.
 """
 
 from __future__ import annotations
@@ -10,15 +12,18 @@ import os
 from typing import Any
 
 import typer
+from rich.markup import escape
 from typer._click.exceptions import NoArgsIsHelpError, UsageError
 from typer.core import TyperGroup
 
 from ..errors import SkipsearchError
+from ..search._signals import Interrupted
 from ._output import err_console
 
 __all__ = ["app", "fail", "remember_storage"]
 
 _STORAGE_URLS: list[str] = []  # URLs this invocation was given, to redact from any message
+ENV_VAR = "SKIPSEARCH_STORAGE"
 
 
 def remember_storage(url: str | None) -> str | None:
@@ -28,17 +33,19 @@ def remember_storage(url: str | None) -> str | None:
 
 
 def _redact(message: str) -> str:
-    from ..search import ENV_VAR, redact
+    urls = [url for url in (*_STORAGE_URLS, os.environ.get(ENV_VAR)) if url]
+    if not urls:
+        return message
+    from ..search.storage import redact  # parsing a URL needs SQLAlchemy: only when there is one
 
-    for url in [*_STORAGE_URLS, os.environ.get(ENV_VAR)]:
-        if url:
-            message = redact(message, url)
+    for url in urls:
+        message = redact(message, url)
     return message
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
     text = " ".join(_redact(message).split())  # one line, whatever the message held
-    err_console.print(f"[bold red]error:[/bold red] {text}", highlight=False, soft_wrap=True, markup=True)
+    err_console.print(f"[bold red]error:[/bold red] {escape(text)}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -53,6 +60,9 @@ class _ErrorBoundary(TyperGroup):
             raise fail(f"{e.format_message()} (see `{command} --help`)") from None
         except SkipsearchError as e:
             raise fail(str(e)) from None
+        except Interrupted as stop:
+            err_console.print(stop.note or f"stopped by {stop}", style="yellow", highlight=False, soft_wrap=True)
+            raise typer.Exit(128 + stop.signum) from None
         except (PermissionError, IsADirectoryError, NotADirectoryError, FileNotFoundError) as e:
             where = f": {e.filename}" if e.filename else ""
             raise fail(f"{e.strerror or e}{where}") from None
@@ -63,7 +73,7 @@ class _ErrorBoundary(TyperGroup):
         except RecursionError:
             raise fail("input nested too deeply to read") from None
         except Exception as e:
-            from ..search import DATABASE_ERRORS, describe_database_error
+            from ..search.storage import DATABASE_ERRORS, describe_database_error
 
             if isinstance(e, DATABASE_ERRORS):
                 raise fail(describe_database_error(e)) from None

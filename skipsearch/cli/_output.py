@@ -7,18 +7,23 @@ plain lines, one per event, so a log shows what happened and when.
 from __future__ import annotations
 
 import os
-
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console, Group, RenderableType
+from rich.live import Live
 from rich.measure import Measurement
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
 
-from ..search import StudySummary, format_change
+from ..changes import format_change
+
+if TYPE_CHECKING:
+    from ..search import StudySummary
+    from ..search.launch import TrialEvent
 
 __all__ = [
     "confirmed_tables",
@@ -32,6 +37,8 @@ __all__ = [
     "progress_bar",
     "fmt",
     "duration",
+    "event_line",
+    "LaunchView",
 ]
 
 console = Console(highlight=False)
@@ -225,3 +232,55 @@ def progress_bar(enabled: bool) -> Iterator[Callable[[str, int, int], None]]:
             console.print(f"{label}: {done}/{total} samples")
 
     yield plain
+
+
+def event_line(event: TrialEvent) -> str:
+    """One finished trial as a log line: `NAME trial 7 complete: FID 13.25 (best 13.25) rho_top=0.3 ... 3 s`."""
+    if event.outcome == "failed":
+        return f"{event.study} trial {event.number} failed: {event.reason or 'no reason recorded'}"
+    best = f" (best {event.best:.2f})" if event.best is not None else ""
+    params = " ".join(f"{k}={v:.3g}" for k, v in event.params.items())
+    seconds = f" {event.seconds:.0f} s" if event.seconds is not None else ""
+    at = f" at {event.samples} samples" if event.outcome == "pruned" and event.samples else ""
+    value = f"FID {event.value:.2f}{at}" if event.value is not None else "no value"
+    return f"{event.study} trial {event.number} {event.outcome}: {value}{best} {params}{seconds}"
+
+
+class LaunchView:
+    """What `launch` shows of its events: the studies it created or joined, its workers, then a live
+    table in a terminal (one plain line per finished trial without one)."""
+
+    def __init__(self) -> None:
+        self.live: Live | None = None
+
+    def __enter__(self) -> LaunchView:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.live is not None:
+            self.live.stop()
+            self.live = None
+
+    def __call__(self, event: Any) -> None:
+        from ..search.launch import Notice, StudiesReady, WatchState, WorkersStarted
+
+        if isinstance(event, StudiesReady):
+            console.print(f"storage {event.storage}")
+            for p in event.prepared:
+                what = "created" if p.created else "joined"
+                extra = f", budget raised from {p.previous_budget} to {p.budget} trials" if p.previous_budget else ""
+                console.print(f"{what} study {p.config.study_name} ({p.budget} trials{extra})")
+        elif isinstance(event, WorkersStarted):
+            devices = ", ".join(w.device for w in event.workers)
+            console.print(f"{len(event.workers)} worker(s) on {devices}; logs in {event.log_dir}")
+            if interactive():
+                self.live = Live(console=console, refresh_per_second=2, transient=True)
+                self.live.start()
+        elif isinstance(event, WatchState):
+            out = self.live.console if self.live is not None else console
+            for trial in event.events:
+                out.print(event_line(trial), highlight=False, soft_wrap=True)
+            if self.live is not None:
+                self.live.update(live_view(event.summaries, event.elapsed))
+        elif isinstance(event, Notice):
+            err_console.print(event.message, style="yellow", highlight=False, soft_wrap=True)

@@ -1,30 +1,64 @@
-"""`validate`, `score` and `sample`: use exported schedules."""
+"""`validate`, `score` and `sample`: use exported schedules.
+
+`score` and `sample` sample an exported entry with the recipe it records (solver and its
+parameters, NFE, σ steps, autoguidance), so they see what the search saw; this machine chooses
+only what never changes an image (batch size, device) and the networks' local paths.
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.table import Table
 
-from .. import ScheduleEntry, SkipSchedule, load_schedules
-from ..errors import UsageError
-from ..render import render_grid
-from ..scoring import make_scorer, score_schedules
-from ..fileio import check_output_path
-from ..search import format_change
-from ..target import load_target, resolve_source
+from ..changes import format_change
+from ..errors import ScheduleFileError, UsageError
 from ._output import console, fmt, interactive, progress_bar
 from ._options import CheckpointOpt, DeviceOpt, FeaturesWeightsOpt, ModelOpt, VaeOpt
 
+if TYPE_CHECKING:
+    from ..recipe import SamplingRecipe
+    from ..schedule_file import ScheduleEntry
+    from ..target import Target
+
 __all__ = ["validate", "score", "sample"]
 
+GuideOpt = Annotated[Optional[Path], typer.Option(help="Autoguidance: the guiding network's checkpoint.")]
 
-def validate(path: Annotated[Path, typer.Argument(help="A skipsearch.schedules/v1 JSON file.")]) -> None:
-    """Check an exported schedules file against the v1 format."""
+
+def validate(path: Annotated[Path, typer.Argument(help="A skipsearch.schedules JSON file.")]) -> None:
+    """Check an exported schedules file against its format."""
+    from ..schedule_file import load_schedules
+
     doc = load_schedules(path)
-    console.print(f"[green]ok[/green] {path}: {len(doc.entries)} schedule(s), format skipsearch.schedules/v1")
+    console.print(f"[green]ok[/green] {path}: {len(doc.entries)} schedule(s), format {doc.format}")
+
+
+def _guide_for(recipes: list[SamplingRecipe], guide: Path | None, device: str) -> object | None:
+    """The guiding network a guided recipe needs, checked against the one it was searched with."""
+    from ..target import load_target, resolve_source
+
+    guided = [r for r in recipes if r.guided]
+    if guide is None:
+        if guided:
+            raise UsageError(f"the schedule was searched with autoguidance (guidance {guided[0].guidance:g}): give "
+                             "its guiding network with --guide CHECKPOINT")
+        return None
+    target = load_target(resolve_source("edm", guide), device)
+    for r in guided:
+        if r.guide_sha256 and r.guide_sha256.lower() != target.sha256:
+            raise ScheduleFileError(f"--guide {guide} is not the guide the schedule was searched with "
+                                    f"(sha256 {r.guide_sha256[:12]}…, this one is {target.sha256[:12]}…)")
+    return target.net
+
+
+def _load(model: str, checkpoint: Path | None, device: str) -> Target:
+    from ..target import load_target, resolve_source
+
+    return load_target(resolve_source(model, checkpoint), device)
 
 
 def score(
@@ -41,6 +75,8 @@ def score(
     batch_size: Annotated[int, typer.Option(help="Images per network call.")] = 250,
     device: DeviceOpt = "cpu",
     vae: VaeOpt = None,
+    guide: GuideOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON row per entry, for scripts.")] = False,
 ) -> None:
     """Re-score schedules (and the untuned baseline) on held-out seeds: the confirmation step."""
     if samples < 2:
@@ -51,20 +87,32 @@ def score(
         raise UsageError("--batch-size must be at least 1")
     if schedule is None and nfe is None:
         raise UsageError("--nfe is required without --schedule")
+    from ..recipe import SamplingRecipe
+    from ..schedule_file import load_schedules
+    from ..scoring import make_scorer, score_schedules
+
     doc = load_schedules(schedule) if schedule is not None else None
-    target = load_target(resolve_source(model, checkpoint), device)
-    entries: list[ScheduleEntry | tuple[str, int]] = (
-        list(target.entries(doc, nfe=nfe, solver=solver)) if doc is not None else [(solver or "euler", nfe)]  # type: ignore[list-item]
+    target = _load(model, checkpoint, device)
+    entries: list[ScheduleEntry | SamplingRecipe] = (
+        list(target.entries(doc, nfe=nfe, solver=solver)) if doc is not None
+        else [SamplingRecipe(solver=solver or "euler", nfe=nfe)]  # type: ignore[arg-type]
     )
-    scorer = make_scorer(target.net, features, ref, device=device, features_weights=features_weights,
-                         decode=target.decoder(str(vae) if vae else None, device))
+    recipes = [e if isinstance(e, SamplingRecipe) else e.recipe() for e in entries]
+    settings = SamplingRecipe(batch_size=batch_size, precision="auto").with_networks(
+        guide=_guide_for(recipes, guide, device), decode=target.decoder(str(vae) if vae else None, device))
+    scorer = make_scorer(target.net, features, ref, device=device, features_weights=features_weights)
     seeds = range(seed, seed + samples)
+    with progress_bar(interactive() and not as_json) as progress:
+        rows = list(score_schedules(scorer, target.net, entries, seeds, settings=settings, progress=progress))
+    if as_json:
+        for row in rows:
+            typer.echo(json.dumps({"model": target.name, "features": scorer.features, "seeds": [seed, seed + samples - 1],
+                                   **row.to_json()}))
+        return
     table = Table(title=f"{target.name}: proxy FID on seeds {seed}..{seed + samples - 1} ({scorer.features})",
                   title_justify="left")
     for col in ("solver", "NFE", "baseline", "schedule", "FID change", "search score"):
         table.add_column(col, justify="left" if col == "solver" else "right", no_wrap=True)
-    with progress_bar(interactive()) as progress:
-        rows = list(score_schedules(scorer, target.net, entries, seeds, batch_size=batch_size, progress=progress))
     for row in rows:
         table.add_row(row.solver, str(row.nfe), fmt(row.baseline, ".3f"), fmt(row.tuned, ".3f"),
                       format_change(row.change), fmt(row.searched, ".3f"))
@@ -86,8 +134,8 @@ def sample(
     batch_size: Annotated[int, typer.Option(help="Images per network call.")] = 64,
     device: DeviceOpt = "cpu",
     vae: VaeOpt = None,
-    guide: Annotated[Optional[Path], typer.Option(help="Autoguidance: the guiding network's checkpoint.")] = None,
-    guidance: Annotated[float, typer.Option(help="Guidance strength (with --guide).")] = 1.0,
+    guide: GuideOpt = None,
+    guidance: Annotated[Optional[float], typer.Option(help="Guidance strength (with --guide).")] = None,
 ) -> None:
     """Render a grid of samples, optionally with a skip schedule."""
     if schedule is not None and rho_top is not None:
@@ -96,23 +144,31 @@ def sample(
         raise UsageError("--count must be at least 1")
     if seed < 0:
         raise UsageError("--seeds must be non-negative")
+    if guidance is not None and guide is None:
+        raise UsageError("--guidance needs --guide CHECKPOINT (the guiding network)")
+    from ..fileio import check_output_path
+    from ..recipe import SamplingRecipe
+    from ..render import render_grid
+    from ..schedule import SkipSchedule
+    from ..schedule_file import best_of, load_schedules
+
     doc = load_schedules(schedule) if schedule is not None else None
     check_output_path(output)
-    target = load_target(resolve_source(model, checkpoint), device)
+    target = _load(model, checkpoint, device)
     sched: SkipSchedule | None = None
     if doc is not None:
-        entry = min(target.entries(doc, nfe=nfe, solver=solver), key=lambda e: (e.score_value is None, e.score_value or 0))
-        solver, nfe, sched = solver or entry.solver, nfe or entry.nfe, entry.schedule
-    elif rho_top is not None:
-        sched = target.linear_schedule(rho_top, rho_bottom, curve)
-    solver = solver or "euler"
-    if nfe is None:
-        raise UsageError("--nfe is required (or take it from --schedule)")
-    if guidance != 1.0 and guide is None:
-        raise UsageError("--guidance needs --guide CHECKPOINT (the guiding network)")
-    guiding = load_target(resolve_source("edm", guide), device).net if guide is not None else None
-    path = render_grid(target.net, output, range(seed, seed + count), solver=solver, nfe=nfe, schedule=sched,
-                       batch_size=batch_size, device=device, decode=target.decoder(str(vae) if vae else None, device),
-                       guide=guiding, guidance=guidance)
+        entry = best_of(target.entries(doc, nfe=nfe, solver=solver))
+        recipe, sched = entry.recipe(), entry.schedule
+    else:
+        if nfe is None:
+            raise UsageError("--nfe is required (or take it from --schedule)")
+        recipe = SamplingRecipe(solver=solver or "euler", nfe=nfe)
+        if rho_top is not None:
+            sched = target.linear_schedule(rho_top, rho_bottom, curve)
+    if guidance is not None:
+        recipe = recipe.with_(guidance=guidance)
+    recipe = recipe.with_(batch_size=batch_size, precision="auto").with_networks(
+        guide=_guide_for([recipe], guide, device), decode=target.decoder(str(vae) if vae else None, device))
+    path = render_grid(target.net, output, range(seed, seed + count), recipe, sched, device)
     what = "untuned" if sched is None or sched.is_identity else "rho " + " ".join(f"{r:.3g}" for r in sched.rho)
-    console.print(f"wrote {path}: {count} samples of {target.name}, {solver} NFE {nfe}, {what}")
+    console.print(f"wrote {path}: {count} samples of {target.name}, {recipe.describe()}, {what}")

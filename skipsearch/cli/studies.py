@@ -4,29 +4,24 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.table import Table
 
-from ..search import (
-    PRESETS,
-    StorageSettings,
-    export_schedules,
-    mask_url,
-    open_storage,
-    resolve_url,
-    serve_dashboard,
-    study_summaries,
-)
 from ._output import best_lines, confirmed_tables, console, noise_warnings, study_table
 from ._options import StorageOpt
+
+if TYPE_CHECKING:
+    from ..search import StudyStore
 
 __all__ = ["status", "export", "dashboard", "presets", "print_status"]
 
 
-def print_status(storage: object, names: list[str] | None = None) -> None:
-    summaries = study_summaries(open_storage(resolve_url(storage), StorageSettings()), names=names)  # type: ignore[arg-type]
+def print_status(store: StudyStore, names: list[str] | None = None) -> None:
+    from ..search import study_summaries
+
+    summaries = study_summaries(store.storage, names=names)
     console.print(study_table(summaries))
     for table in confirmed_tables(summaries):
         console.print(table)
@@ -42,15 +37,17 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Show every study: trials, baseline vs best proxy FID, FID change, best parameters."""
-    url = resolve_url(storage)
-    summaries = study_summaries(open_storage(url, StorageSettings()))
+    from ..search import StudyStore, study_summaries
+
+    store = StudyStore.open(storage)
+    summaries = study_summaries(store.storage)
     if as_json:
-        typer.echo(json.dumps({"storage": mask_url(url), "studies": [s.to_json() for s in summaries]}, indent=2))
+        typer.echo(json.dumps({"storage": store.masked, "studies": [s.to_json() for s in summaries]}, indent=2))
         return
     if not summaries:
-        console.print(f"no skipsearch studies in {mask_url(url)}; start one with `skipsearch launch`")
+        console.print(f"no skipsearch studies in {store.masked}; start one with `skipsearch launch`")
         return
-    print_status(url)
+    print_status(store)
 
 
 def export(
@@ -60,6 +57,8 @@ def export(
     nfe: Annotated[Optional[list[int]], typer.Option(help="Only these NFEs.")] = None,
 ) -> None:
     """Write the best schedule of each study as a skipsearch.schedules/v1 file."""
+    from ..search import export_schedules
+
     doc, summaries = export_schedules(storage, output, model=model, nfe=nfe)
     console.print(f"wrote {output}: {len(doc.entries)} schedule(s)")
     for line in noise_warnings(summaries):
@@ -69,23 +68,29 @@ def export(
 def dashboard(
     storage: StorageOpt = None,
     port: Annotated[int, typer.Option(help="Port to serve on.")] = 8080,
-    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    host: Annotated[str, typer.Option(help="Interface to bind (127.0.0.1: this machine only).")] = "127.0.0.1",
     artifacts: Annotated[Path, typer.Option(help="Artifact folder of the studies.")] = Path("skipsearch-artifacts"),
+    allow_writes: Annotated[bool, typer.Option("--allow-writes", help="Let the dashboard change studies (no "
+                                                                       "authentication: trusted networks only).")] = False,
 ) -> None:
-    """Serve optuna-dashboard on the same storage and artifact folder."""
-    url = resolve_url(storage)
-    open_storage(url, StorageSettings())  # a missing storage is one line here, not a server error later
-    console.print(f"optuna-dashboard for {mask_url(url)} on http://{host}:{port} (Ctrl-C to stop)")
-    serve_dashboard(url, host=host, port=port, artifacts=artifacts)
+    """Serve optuna-dashboard on the same storage and artifact folder (read-only by default)."""
+    from ..search import StudyStore, dashboard_server, serve_dashboard
+
+    store = StudyStore.open(storage)  # a missing storage is one line here, not a server error later
+    server = dashboard_server(store, host=host, port=port, artifacts=artifacts, allow_writes=allow_writes)
+    mode = "read-write" if allow_writes else "read-only"
+    console.print(f"optuna-dashboard ({mode}) for {store.masked} on http://{host}:{server.server_port} (Ctrl-C to stop)")
+    serve_dashboard(server)
 
 
 def presets() -> None:
     """List the shipped study presets (use one with `launch --preset NAME`)."""
+    from ..search import PRESETS
+
     table = Table(title="study presets", title_justify="left")
     for column in ("preset", "solver", "NFE", "description"):
         table.add_column(column, overflow="fold")
     for name, preset in PRESETS.items():
-        nfe = preset.settings.get("nfe", [10])
-        table.add_row(name, str(preset.settings.get("solver", "dpmpp_2m")),
-                      " ".join(map(str, nfe if isinstance(nfe, list) else [nfe])), preset.description)
+        table.add_row(name, str(preset.settings.get("solver", "dpmpp_2m")), " ".join(map(str, preset.nfe)),
+                      preset.description)
     console.print(table)

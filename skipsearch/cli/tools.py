@@ -9,9 +9,6 @@ import typer
 from rich.table import Table
 
 from ..errors import UsageError
-from ..scoring import build_reference
-from ..fileio import check_output_path
-from ..target import load_target, resolve_source
 from ._output import console
 from ._options import CheckpointOpt, DeviceOpt, FeaturesWeightsOpt, ModelOpt
 
@@ -20,6 +17,8 @@ __all__ = ["sites", "reference"]
 
 def sites(model: ModelOpt = "edm", checkpoint: CheckpointOpt = None) -> None:
     """List a network's skip sites in push order (0 = outermost)."""
+    from ..target import load_target, resolve_source
+
     target = load_target(resolve_source(model, checkpoint))
     table = Table(title=f"{target.name}: {len(target.sites)} skip sites", title_justify="left")
     for col in ("site", "resolution", "channels", "encoder entry", "decoder block"):
@@ -41,6 +40,9 @@ def reference(
     """Compute reference statistics (mu, sigma) of a data set for proxy FID."""
     if batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
+    from ..fileio import check_output_path
+    from ..scoring import build_reference
+
     check_output_path(output)
     stats = build_reference(data, output, features=features, device=device, batch_size=batch_size,
                             features_weights=features_weights)

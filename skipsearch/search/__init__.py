@@ -1,99 +1,79 @@
-"""The search service, Optuna-style: this public face, private `_modules` behind it.
+"""The search service, Optuna-style: this public face, focused faces beside it, private `_modules`.
 
-    configs = StudyConfig.from_preset("demo", nfe=[10])          # one config per NFE, checked
-    prepared = prepare_studies(url, configs)                      # create/extend studies (idempotent)
-    report = run_worker(url, [c.study_name for c in configs])     # run queued trials until none is left
-    summaries = study_summaries(open_storage(url))                # what each study has found
-    export_schedules(url, "schedules.json")                       # best schedule per study, v1 JSON
+    configs = StudyConfig.from_preset("demo", nfe=[10])           # one config per NFE, checked
+    store = StudyStore.open(url, create=True)                      # the one opened storage
+    prepared = prepare_studies(store, configs)                     # create/extend studies (idempotent)
+    report = run_worker(store, [c.study_name for c in configs])    # run queued trials until none is left
+    summaries = study_summaries(store.storage)                     # what each study has found
+    export_schedules(store, "schedules.json")                      # best schedule per study
+
+Beside it: `skipsearch.search.storage` (URLs, masking, database errors), `skipsearch.search.attrs`
+(every study and trial attribute) and `skipsearch.search.launch` (a launch's plan and events).
+Names are imported on first use, so `skipsearch presets` reads its TOML files without Optuna.
 """
 
-from ._config import PRESETS, Preset, StudyConfig
-from ._confirm import Confirmation, ConfirmedRow, confirm_name, queue_confirmations, summarize_confirmation
-from ._dashboard import dashboard_app, serve_dashboard
-from ._export import export_schedules, schedule_entry
-from ._launch import (
-    TrialEvent,
-    WatchState,
-    WorkerProcess,
-    finished_trial_events,
-    prepare_studies,
-    spawn_workers,
-    stop_workers,
-    watch,
-    worker_devices,
-)
-from ._notes import study_note, update_study_note
-from ._samplers import PRUNERS, SAMPLERS
-from ._space import SPACES, Space
-from ._storage import (
-    DATABASE_ERRORS,
-    DEFAULT_URL,
-    ENV_VAR,
-    StorageSettings,
-    mask_url,
-    open_storage,
-    parse_url,
-    redact,
-    resolve_url,
-    describe_database_error,
-    storage_lock,
-)
-from ._study import KIND_ATTR, Prepared, counts_toward_budget, load_study, prepare_study
-from ._summary import RunningTrial, StudySummary, format_change, study_summaries, summarize
-from ._worker import Interrupted, WorkerIdentity, WorkerReport, run_worker, signals_interrupt
+from __future__ import annotations
 
-__all__ = [
-    "StudyConfig",
-    "Confirmation",
-    "ConfirmedRow",
-    "confirm_name",
-    "queue_confirmations",
-    "summarize_confirmation",
-    "Preset",
-    "PRESETS",
-    "SPACES",
-    "Space",
-    "SAMPLERS",
-    "PRUNERS",
-    "StorageSettings",
-    "DATABASE_ERRORS",
-    "ENV_VAR",
-    "DEFAULT_URL",
-    "parse_url",
-    "resolve_url",
-    "mask_url",
-    "redact",
-    "open_storage",
-    "storage_lock",
-    "describe_database_error",
-    "Prepared",
-    "prepare_study",
-    "prepare_studies",
-    "load_study",
-    "counts_toward_budget",
-    "KIND_ATTR",
-    "worker_devices",
-    "spawn_workers",
-    "watch",
-    "stop_workers",
-    "WorkerProcess",
-    "WatchState",
-    "TrialEvent",
-    "finished_trial_events",
-    "run_worker",
-    "WorkerReport",
-    "WorkerIdentity",
-    "Interrupted",
-    "signals_interrupt",
-    "StudySummary",
-    "RunningTrial",
-    "summarize",
-    "study_summaries",
-    "format_change",
-    "study_note",
-    "update_study_note",
-    "export_schedules",
-    "schedule_entry",
-    "serve_dashboard",
-    "dashboard_app",
-]
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# public name -> module that defines it
+_EXPORTS: dict[str, str] = {
+    "StudyConfig": "_config",
+    "PRESETS": "_presets",
+    "SPACES": "_space",
+    "SAMPLERS": "_samplers",
+    "PRUNERS": "_samplers",
+    "StudyStore": "storage",
+    "StorageSettings": "storage",
+    "prepare_studies": "launch",
+    "LaunchPlan": "launch",
+    "launch_studies": "launch",
+    "run_worker": "_worker",
+    "WorkerOptions": "_worker",
+    "WorkerReport": "_worker",
+    "NodePaths": "_resources",
+    "spawn_workers": "_processes",
+    "supervise_workers": "_processes",
+    "worker_devices": "_processes",
+    "study_summaries": "_summary",
+    "StudySummary": "_summary",
+    "export_schedules": "_export",
+    "queue_confirmations": "_confirm",
+    "summarize_confirmation": "_confirm",
+    "dashboard_server": "_dashboard",
+    "serve_dashboard": "_dashboard",
+    "Interrupted": "_signals",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'skipsearch.search' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
+
+if TYPE_CHECKING:  # what type checkers and IDEs see; nothing is imported at run time
+    from ._config import StudyConfig
+    from ._confirm import queue_confirmations, summarize_confirmation
+    from ._dashboard import dashboard_server, serve_dashboard
+    from ._export import export_schedules
+    from ._presets import PRESETS
+    from ._processes import spawn_workers, supervise_workers, worker_devices
+    from ._resources import NodePaths
+    from ._samplers import PRUNERS, SAMPLERS
+    from ._signals import Interrupted
+    from ._space import SPACES
+    from ._summary import StudySummary, study_summaries
+    from ._worker import WorkerOptions, WorkerReport, run_worker
+    from .launch import LaunchPlan, launch_studies, prepare_studies
+    from .storage import StorageSettings, StudyStore

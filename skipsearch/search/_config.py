@@ -12,22 +12,20 @@ import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass, fields, replace
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib  # type: ignore[no-redef]
+import optuna
 
-from .. import SOLVERS
-from ..errors import ConfigError, UsageError
-from ..registry import Registry
-from ._samplers import PRUNERS, SAMPLERS
+from ..errors import CheckpointError, ConfigError, UsageError
+from ..recipe import SamplingRecipe
+from ..steps import TimeSteps
+from ..solvers import SOLVERS
+from ._presets import load_preset
+from ._samplers import PRUNERS, SAMPLERS, DistinctSampler, Vector, make_pruner, make_sampler
 from ._space import SPACES
 
-__all__ = ["StudyConfig", "Preset", "PRESETS", "RHO_MAX", "CURVE_MAX"]
+__all__ = ["StudyConfig", "RHO_MAX", "CURVE_MAX"]
 
 CONFIG_VERSION = 1
 RHO_MAX = 3.0  # ρ > 3 triples a skip: far outside anything Skip-Tuning or FreeU found useful
@@ -38,39 +36,6 @@ CONFIRM_SEED_OFFSET = 100_000_000  # held-out seeds of the confirmation start he
 # Fields that do not change a trial's score: a joining worker may differ in these.
 OPERATIONAL = {"checkpoint", "features_weights", "reference", "batch_size", "trials", "artifacts", "enqueue_probes",
                "confirm_top", "guide", "vae", "report_features"}
-
-
-@dataclass(frozen=True)
-class Preset:
-    name: str
-    description: str
-    settings: dict[str, Any]
-
-
-def _read_preset(path: Path) -> Preset:
-    try:
-        data = tomllib.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
-        raise ConfigError(f"cannot read preset {path}: {e}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"preset {path} is not a TOML table")
-    description = str(data.pop("description", ""))
-    return Preset(path.stem, description, data)
-
-
-PRESETS: Registry[Preset] = Registry("study preset", ConfigError)
-for _path in sorted(Path(str(resources.files("skipsearch") / "studies")).glob("*.toml")):
-    PRESETS.register(_path.stem, _read_preset(_path))
-
-
-def load_preset(name_or_path: str) -> Preset:
-    """A shipped preset by name (see `skipsearch presets`) or a TOML file."""
-    path = Path(name_or_path)
-    if path.suffix == ".toml" or path.is_file():
-        if not path.is_file():
-            raise ConfigError(f"preset file {path} does not exist")
-        return _read_preset(path)
-    return PRESETS.lookup(name_or_path)
 
 
 @dataclass(frozen=True)
@@ -138,6 +103,23 @@ class StudyConfig:
     @property
     def metric_name(self) -> str:
         return f"proxy FID ({self.samples} samples)"
+
+    def make_sampler(self, trial_number: int, vector: Vector) -> DistinctSampler:
+        """The sampler a worker uses for this study's trial `trial_number` (Optuna stores none: every
+        worker rebuilds it the same way); `vector` maps parameters to what makes two trials differ."""
+        return make_sampler(self, trial_number, vector)
+
+    def make_pruner(self) -> optuna.pruners.BasePruner:
+        return make_pruner(self)
+
+    def recipe(self) -> SamplingRecipe:
+        """How every trial and confirmation of this study samples (precision still `auto` until a
+        worker resolves it for its device; the guide is attached by the worker that loads it)."""
+        return SamplingRecipe(
+            solver=self.solver, nfe=self.nfe, solver_params=SOLVERS.lookup(self.solver).params,
+            steps=TimeSteps(time_exponent=self.time_exponent), precision=self.precision, batch_size=self.batch_size,
+            guidance=self.guidance, guide_tuned=self.tune_guide, guide_sha256=self.guide_sha256 or None,
+        )
 
     def validate(self) -> None:
         SPACES.lookup(self.space)
@@ -241,6 +223,8 @@ class StudyConfig:
                 raise UsageError(f"preset {preset!r} is for your own network: give --checkpoint FILE and --ref FILE")
             checkpoint = preset_checkpoint  # a preset of the user's own, naming a real file
         source = resolve_source(model, checkpoint)  # an unknown --model names the choices
+        if not source.startswith(BUILTIN_PREFIX) and not Path(source).exists():
+            raise CheckpointError(f"{source}: no such file; give --checkpoint an existing checkpoint file or folder")
         if not source.startswith(BUILTIN_PREFIX) and str(preset_checkpoint or "").startswith(BUILTIN_PREFIX):
             raise UsageError(f"preset {preset!r} is for the built-in model; for --checkpoint give --ref and --features")
         preset_nfe = data.pop("nfe", [10])

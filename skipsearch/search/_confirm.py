@@ -14,7 +14,6 @@ shared, the baseline's and a schedule's replicates are paired and the gain's int
 from __future__ import annotations
 
 import hashlib
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,17 +22,27 @@ import optuna
 from optuna.exceptions import DuplicatedStudyError
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
-from sqlalchemy.engine import URL
 
+from ..errors import StudyError
 from ..scoring import gain_between, interval_of
 from ._config import StudyConfig
-from ._storage import storage_lock
-from ._study import KIND_ATTR, load_study
+from ._study import counts_toward_budget, list_studies, load_study, search_done, study_budget
+from .attrs import (
+    BOOTSTRAP_ATTR,
+    CONFIRMS_ATTR,
+    FID_INFINITY_ATTR,
+    FIXED_PARAMS,
+    KIND_ATTR,
+    RHO_ATTR,
+    SEARCH_VALUE_ATTR,
+    SIGMA_RANGE_ATTR,
+    SOURCE_ATTR,
+    WARM_FROM_ATTR,
+)
+from .storage import StudyStore
 
 __all__ = [
     "CONFIRM_SUFFIX",
-    "CONFIRMS_ATTR",
-    "SOURCE_ATTR",
     "confirm_name",
     "is_confirmation",
     "prepare_confirmation",
@@ -42,16 +51,11 @@ __all__ = [
     "summarize_confirmation",
     "bootstrap_seed",
     "queue_confirmations",
-    "search_done",
     "warm_points",
     "push_warm_start",
-    "WARM_FROM_ATTR",
 ]
 
 CONFIRM_SUFFIX = "/confirm"
-CONFIRMS_ATTR = "skipsearch_confirms"  # on a confirmation study: the study it confirms
-SOURCE_ATTR = "source_trial"  # on a job: the search trial whose schedule it re-scores
-SEARCH_VALUE_ATTR = "search_value"
 
 
 def confirm_name(study_name: str) -> str:
@@ -87,36 +91,28 @@ def plan(trials: Sequence[FrozenTrial], top: int) -> list[FrozenTrial]:
     return baseline + chosen + paper
 
 
-def search_done(trials: Sequence[FrozenTrial], budget: int) -> bool:
-    from ._study import counts_toward_budget
-
-    active = any(t.state in (TrialState.WAITING, TrialState.RUNNING) for t in trials)
-    return not active and sum(counts_toward_budget(t) for t in trials) >= budget
-
-
-def prepare_confirmation(storage: BaseStorage, url: URL, study: optuna.Study,
-                         config: StudyConfig) -> optuna.Study | None:
+def prepare_confirmation(store: StudyStore, study: optuna.Study, config: StudyConfig) -> optuna.Study | None:
     """Create `NAME/confirm` and queue its jobs, once, whatever the number of workers asking.
     None when there is nothing to confirm (no trial completed)."""
     name = confirm_name(study.study_name)
     jobs = plan(study.get_trials(deepcopy=False), config.confirm_top)
     if not jobs:
         return None
-    with storage_lock(url, f"confirm:{study.study_name}"):
+    with store.lock(f"confirm:{study.study_name}"):
         try:
-            confirm = optuna.create_study(storage=storage, study_name=name, direction="minimize")
+            confirm = optuna.create_study(storage=store.storage, study_name=name, direction="minimize")
             confirm.set_user_attr(CONFIRMS_ATTR, study.study_name)
             seeds = config.confirmation_seeds
             confirm.set_metric_names([f"proxy FID ({len(seeds)} held-out samples)"])
         except DuplicatedStudyError:
-            confirm = optuna.load_study(study_name=name, storage=storage)
+            confirm = optuna.load_study(study_name=name, storage=store.storage)
         queued = {t.user_attrs.get(SOURCE_ATTR) for t in confirm.get_trials(deepcopy=False)}
         for source in jobs:
             if source.number in queued:
                 continue
             attrs = {KIND_ATTR: source.user_attrs.get(KIND_ATTR, "search"), SOURCE_ATTR: source.number,
-                     SEARCH_VALUE_ATTR: source.value, "rho": source.user_attrs.get("rho"),
-                     "sigma_range": source.user_attrs.get("sigma_range")}
+                     SEARCH_VALUE_ATTR: source.value, RHO_ATTR: source.user_attrs.get(RHO_ATTR),
+                     SIGMA_RANGE_ATTR: source.user_attrs.get(SIGMA_RANGE_ATTR)}
             confirm.enqueue_trial(dict(source.params), user_attrs=attrs, skip_if_exists=False)
     return confirm
 
@@ -187,51 +183,35 @@ def summarize_confirmation(storage: BaseStorage, study_name: str, config: StudyC
         return None
     trials = confirm.get_trials(deepcopy=False)
     seeds = config.confirmation_seeds
-    done = [t for t in trials if t.state == TrialState.COMPLETE and "bootstrap" in t.user_attrs]
+    done = [t for t in trials if t.state == TrialState.COMPLETE and BOOTSTRAP_ATTR in t.user_attrs]
     base = next((t for t in done if t.user_attrs.get(KIND_ATTR) == "baseline"), None)
     rows = []
     for t in sorted(done, key=lambda t: t.value):
-        reps = t.user_attrs["bootstrap"]
+        reps = t.user_attrs[BOOTSTRAP_ATTR]
         gain = gain_interval = None
         if base is not None and t is not base:
-            gain, gain_interval = gain_between(base.value, base.user_attrs["bootstrap"], t.value, reps)
+            gain, gain_interval = gain_between(base.value, base.user_attrs[BOOTSTRAP_ATTR], t.value, reps)
         rows.append(ConfirmedRow(
             source_trial=int(t.user_attrs.get(SOURCE_ATTR, -1)), kind=str(t.user_attrs.get(KIND_ATTR, "search")),
-            params=dict(t.params), rho=t.user_attrs.get("rho"), sigma_range=t.user_attrs.get("sigma_range"),
+            params=dict(t.params), rho=t.user_attrs.get(RHO_ATTR), sigma_range=t.user_attrs.get(SIGMA_RANGE_ATTR),
             search_value=t.user_attrs.get(SEARCH_VALUE_ATTR), value=float(t.value), interval=interval_of(t.value, reps),
-            fid_infinity=t.user_attrs.get("fid_infinity"), gain=gain, gain_interval=gain_interval,
+            fid_infinity=t.user_attrs.get(FID_INFINITY_ATTR), gain=gain, gain_interval=gain_interval,
         ))
-    from ._study import counts_toward_budget
-
     sources = {t.user_attrs.get(SOURCE_ATTR) for t in trials}
     settled = {t.user_attrs.get(SOURCE_ATTR) for t in trials if counts_toward_budget(t)}
     return Confirmation(study_name, (seeds.start, seeds.stop - 1), len(seeds), config.bootstrap, len(sources), rows,
                         settled >= sources)
 
 
-def parent_of(study: optuna.Study, storage: BaseStorage) -> tuple[optuna.Study, StudyConfig]:
-    return load_study(storage, study.user_attrs[CONFIRMS_ATTR])
-
-
-def finite(value: float | None) -> bool:
-    return value is not None and math.isfinite(value)
-
-
-def queue_confirmations(storage_url: str | URL | None, names: Sequence[str] | None, *, top: int | None = None,
+def queue_confirmations(store: StudyStore, names: Sequence[str] | None, *, top: int | None = None,
                         now: bool = False) -> list[str]:
     """Queue the confirmation of the named studies (default: all), on demand. A study still searching
     is refused unless `now` (then its current best are confirmed); `top` confirms more (or fewer)
     than the study's setting. Returns the studies whose confirmation is queued or done."""
-    from ..errors import StudyError
-    from ._storage import StorageSettings, open_storage, resolve_url
-    from ._study import list_studies, study_budget
-
-    url = resolve_url(storage_url)
-    storage = open_storage(url, StorageSettings())
-    wanted = list(names) if names else [name for name, _ in list_studies(storage)]
+    wanted = list(names) if names else [name for name, _ in list_studies(store.storage)]
     out = []
     for name in wanted:
-        study, config = load_study(storage, name)
+        study, config = load_study(store.storage, name)
         trials = study.get_trials(deepcopy=False)
         if not now and not search_done(trials, study_budget(study, config)):
             finished = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
@@ -239,7 +219,7 @@ def queue_confirmations(storage_url: str | URL | None, names: Sequence[str] | No
                              "its workers confirm it when the budget is spent, or confirm its current best with --now")
         if top is not None:
             config = config.with_overrides(confirm_top=top)
-        if prepare_confirmation(storage, url, study, config) is not None:
+        if prepare_confirmation(store, study, config) is not None:
             out.append(name)
     return out
 
@@ -247,13 +227,9 @@ def queue_confirmations(storage_url: str | URL | None, names: Sequence[str] | No
 # ---------------------------------------------------------------------------------------------
 # Warm starts across NFE
 
-WARM_FROM_ATTR = "warm_from"
-
 
 def neighbours(storage: BaseStorage, config: StudyConfig) -> list[tuple[str, StudyConfig]]:
     """The studies of the same model, solver and space at the nearest lower and higher NFE."""
-    from ._study import list_studies
-
     siblings = [(name, c) for name, c in list_studies(storage)
                 if c.model_name == config.model_name and c.solver == config.solver and c.space == config.space
                 and c.nfe != config.nfe]
@@ -272,28 +248,27 @@ def warm_points(storage: BaseStorage, config: StudyConfig) -> list[tuple[str, di
     return out
 
 
-def push_warm_start(storage: BaseStorage, url: URL, study_name: str, config: StudyConfig) -> list[str]:
+def push_warm_start(store: StudyStore, study_name: str, config: StudyConfig) -> list[str]:
     """A confirmation just finished: hand its best to neighbours still searching, in place of one of
     their empty queued slots (once per neighbour). Returns the studies that took it."""
-    from ._study import KIND_ATTR as KIND
-
+    storage = store.storage
     confirmation = summarize_confirmation(storage, study_name, config)
     if confirmation is None or not confirmation.done or confirmation.best is None:
         return []
     params = dict(confirmation.best.params)
     taken = []
     for name, _ in neighbours(storage, config):
-        with storage_lock(url, f"study:{name}"):
+        with store.lock(f"study:{name}"):
             study = optuna.load_study(study_name=name, storage=storage)
             trials = study.get_trials(deepcopy=False)
             if any(t.user_attrs.get(WARM_FROM_ATTR) == study_name for t in trials):
                 continue
-            empty = [t for t in trials if t.state == TrialState.WAITING and not t.system_attrs.get("fixed_params")]
+            empty = [t for t in trials if t.state == TrialState.WAITING and not t.system_attrs.get(FIXED_PARAMS)]
             for slot in empty:  # take it from the queue, fill it in, put it back: nobody claims it meanwhile
                 if not storage.set_trial_state_values(slot._trial_id, state=TrialState.RUNNING):
                     continue
-                storage.set_trial_system_attr(slot._trial_id, "fixed_params", params)
-                storage.set_trial_user_attr(slot._trial_id, KIND, "warm")
+                storage.set_trial_system_attr(slot._trial_id, FIXED_PARAMS, params)
+                storage.set_trial_user_attr(slot._trial_id, KIND_ATTR, "warm")
                 storage.set_trial_user_attr(slot._trial_id, WARM_FROM_ATTR, study_name)
                 storage.set_trial_state_values(slot._trial_id, state=TrialState.WAITING)
                 taken.append(name)

@@ -13,12 +13,24 @@ from pathlib import Path
 
 from sqlalchemy.engine import URL
 
-from .. import SOLVERS, ScheduleDocument, ScheduleEntry, SkipSchedule, dump_schedules, entry_from_schedule
 from ..errors import StudyError
 from ..fileio import check_output_path
+from ..steps import EDM_SIGMA_MAX, EDM_SIGMA_MIN
+from ..schedule import SkipSchedule
+from ..schedule_file import (
+    GUIDANCE_KEY,
+    GUIDE_NAME_KEY,
+    GUIDE_SHA_KEY,
+    GUIDE_TUNED_KEY,
+    ScheduleDocument,
+    ScheduleEntry,
+    dump_schedules,
+    entry_from_schedule,
+)
+from ..solvers import SOLVERS
 from ._config import StudyConfig
-from ._storage import StorageSettings, open_storage, resolve_url
 from ._summary import StudySummary, study_summaries
+from .storage import StudyStore
 
 __all__ = ["export_schedules", "schedule_entry"]
 
@@ -52,6 +64,8 @@ def schedule_entry(summary: StudySummary) -> ScheduleEntry:
         model_sha256=c.checkpoint_sha256 or None,
         solver=c.solver,
         nfe=c.nfe,
+        sigma_min=_tidy(summary.sigmas[-2]) if summary.sigmas and len(summary.sigmas) >= 3 else EDM_SIGMA_MIN,
+        sigma_max=_tidy(summary.sigmas[0]) if summary.sigmas else EDM_SIGMA_MAX,
         time_exponent=c.time_exponent,
         params=dict(params),
         score={"metric": "proxy-fid", "value": search_value, "samples": c.samples, "features": c.features,
@@ -66,26 +80,31 @@ def schedule_entry(summary: StudySummary) -> ScheduleEntry:
     )
 
 
+def _tidy(sigma: float) -> float:
+    """A grid end as recorded: the σ the study's grid actually reached (EDM's, unless the network's σ
+    range clamped it), without the last bits of rounding the grid formula adds (80.00000000000004)."""
+    return float(f"{sigma:.12g}")
+
+
 def _solver_params(c: StudyConfig) -> dict[str, object]:
     """The solver's own settings, and autoguidance's when the study used it: a consumer must guide
     the same way (same guide, same strength, schedule on the guide or not) to see the same gain."""
     params: dict[str, object] = dict(SOLVERS.lookup(c.solver).params)
     if c.guide:
-        params.update(guide=Path(c.guide).stem, guide_sha256=c.guide_sha256 or None, guidance=c.guidance,
-                      guide_tuned=c.tune_guide)
+        params.update({GUIDE_NAME_KEY: Path(c.guide).stem, GUIDE_SHA_KEY: c.guide_sha256 or None,
+                       GUIDANCE_KEY: c.guidance, GUIDE_TUNED_KEY: c.tune_guide})
     return params
 
 
 def export_schedules(
-    storage_url: str | URL | None,
+    store: StudyStore | str | URL | None,
     path: str | os.PathLike[str],
     *,
     model: str | None = None,
     nfe: Sequence[int] | None = None,
 ) -> tuple[ScheduleDocument, list[StudySummary]]:
     out = check_output_path(path)
-    storage = open_storage(resolve_url(storage_url), StorageSettings())
-    summaries = study_summaries(storage, model=model, nfe=nfe)
+    summaries = study_summaries(StudyStore.of(store).storage, model=model, nfe=nfe)
     entries = [schedule_entry(s) for s in summaries if s.best_rho is not None and s.best is not None]
     if not entries:
         what = "matching studies" if model or nfe else "studies"

@@ -5,7 +5,8 @@ from __future__ import annotations
 import optuna
 
 from ._study import study_config
-from ._summary import format_change, summarize
+from ..changes import format_change
+from ._summary import summarize
 
 __all__ = ["study_note", "update_study_note"]
 

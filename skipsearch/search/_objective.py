@@ -16,19 +16,17 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .. import SkipSchedule
+from ..errors import NonFiniteSamples
 from ..images import save_grid
-from ..scoring import ProxyFID, StreamingFID
+from ..recipe import SamplingRecipe
+from ..schedule import SkipSchedule
+from ..scoring import ProxyFID, SampleWatch, StreamingFID, finite_guard
 from ..target import Target
 from ._config import StudyConfig
 
-__all__ = ["Evaluation", "evaluate", "NonFiniteSamples", "SampleGrid", "finite_guard"]
+__all__ = ["Evaluation", "TrialRun", "Objective", "evaluate", "NonFiniteSamples", "SampleGrid"]
 
 GRID_IMAGES = 64
-
-
-class NonFiniteSamples(Exception):
-    """Samples went NaN or infinite: the schedule (or the network) is broken, not the worker."""
 
 
 @dataclass
@@ -68,56 +66,40 @@ class Evaluation:
         return self.samples / self.seconds if self.seconds > 0 else None
 
 
-def finite_guard(first_seed: Callable[[], int]) -> Callable[[torch.Tensor], None]:
-    """A check for each batch of raw samples: any NaN or infinity ends the evaluation."""
+@dataclass
+class TrialRun:
+    """One evaluation: what it samples (the study's seeds and steps, its recipe, the schedule) and
+    where it reports (`record`, sample images, progress; `stream` keeps the features)."""
 
-    def guard(x: torch.Tensor) -> None:
-        finite = torch.isfinite(x.reshape(len(x), -1)).all(dim=1)
-        if not bool(finite.all()):
-            bad = int((~finite).sum())
-            kind = "NaN" if bool(torch.isnan(x).any()) else "infinite"
-            raise NonFiniteSamples(f"non-finite samples: {bad}/{len(x)} {kind} in the batch from seed {first_seed()}")
+    config: StudyConfig
+    target: Target
+    scorer: ProxyFID
+    recipe: SamplingRecipe
+    schedule: SkipSchedule
+    record: Evaluation = field(default_factory=Evaluation)
+    on_images: Callable[[torch.Tensor], None] | None = None
+    progress: Callable[[int, int], None] | None = None
+    stream: StreamingFID | None = None
 
-    return guard
+
+Objective = Callable[[TrialRun], Iterator[tuple[int, float]]]
 
 
-def evaluate(
-    config: StudyConfig,
-    target: Target,
-    scorer: ProxyFID,
-    schedule: SkipSchedule,
-    *,
-    precision: str = "fp32",
-    seeds: range | None = None,
-    steps: list[int] | None = None,
-    record: Evaluation | None = None,
-    on_images: Callable[[torch.Tensor], None] | None = None,
-    progress: Callable[[int, int], None] | None = None,
-    stream: StreamingFID | None = None,
-    guide: Target | None = None,
-) -> Iterator[tuple[int, float]]:
-    """Yield (n, proxy FID of the first n samples) at each fidelity step (`stream`: to keep the
-    features, from `scorer.stream(..., keep_features=True)`)."""
-    record = record if record is not None else Evaluation()
-    seeds = seeds if seeds is not None else config.seeds
-
-    guard = finite_guard(lambda: seeds[0] + record.samples)
+def evaluate(run: TrialRun) -> Iterator[tuple[int, float]]:
+    """Yield (n, proxy FID of the first n samples) at each of the study's fidelity steps."""
+    record, seeds = run.record, run.config.seeds
 
     def count(done: int, total: int) -> None:
         record.samples = done
-        if progress is not None:
-            progress(done, total)
+        if run.progress is not None:
+            run.progress(done, total)
 
-    for n, fid in scorer.iter_fid(
-        target.net, seeds, solver=config.solver, nfe=config.nfe, schedule=schedule,
-        steps=steps if steps is not None else config.steps, batch_size=config.batch_size,
-        precision=precision,  # type: ignore[arg-type]
-        time_exponent=config.time_exponent, on_images=on_images, on_samples=guard, progress=count, stream=stream,
-        guide=guide.net if guide is not None else None, guidance=config.guidance,
-        guide_schedule=schedule if config.tune_guide else None,
-    ):
+    watch = SampleWatch(on_samples=finite_guard(lambda: seeds[0] + record.samples), on_images=run.on_images,
+                        progress=count)
+    for n, fid in run.scorer.iter_fid(run.target.net, seeds, run.recipe, run.schedule, steps=run.config.steps,
+                                      watch=watch, stream=run.stream):
         if not math.isfinite(fid):
             raise NonFiniteSamples(f"proxy FID is {fid} at {n} samples")
         record.fids[n] = fid
-        record.extra = dict(scorer.last_extra)
+        record.extra = dict(run.scorer.last_extra)
         yield n, fid

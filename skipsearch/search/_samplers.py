@@ -24,6 +24,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from ..errors import ConfigError
 from ..registry import Registry
+from .attrs import FIXED_PARAMS
 
 
 
@@ -195,7 +196,7 @@ class DistinctSampler(BaseSampler):
         for other in study.get_trials(deepcopy=False):
             if other.number == trial.number or other.state == TrialState.FAIL:
                 continue
-            params = other.params or other.system_attrs.get("fixed_params") or {}
+            params = other.params or other.system_attrs.get(FIXED_PARAMS) or {}
             if set(params) == names:
                 out.append(np.asarray(self.vector(params), dtype=np.float64))
         return out

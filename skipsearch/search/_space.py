@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import optuna
 from optuna.distributions import BaseDistribution, FloatDistribution
 
-from .. import SkipSchedule, SkipSite
+from ..schedule import SkipSchedule, SkipSite
 from ..errors import ConfigError
 from ..registry import Registry
 

@@ -22,25 +22,23 @@ import optuna
 from optuna.exceptions import DuplicatedStudyError
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
-from sqlalchemy.engine import URL
 
-from .. import SkipSite
 from ..errors import ConfigError, StudyError
+from ..schedule import SkipSite
 from ._config import StudyConfig
 from ._space import SPACES, in_bounds
-from ._storage import storage_lock
+from .attrs import (
+    BUDGET_ATTR,
+    CONFIG_ATTR,
+    COUNTED_ATTR,
+    FINGERPRINT_ATTR,
+    KIND_ATTR,
+    SITES_ATTR,
+    WARM_FROM_ATTR,
+)
+from .storage import StudyStore
 
 __all__ = [
-    "CONFIG_ATTR",
-    "FINGERPRINT_ATTR",
-    "SITES_ATTR",
-    "SITE_INFO_ATTR",
-    "SIGMAS_ATTR",
-    "BUDGET_ATTR",
-    "NOISE_ATTR",
-    "KIND_ATTR",
-    "COUNTED_ATTR",
-    "REASON_ATTR",
     "Prepared",
     "prepare_study",
     "load_study",
@@ -48,18 +46,8 @@ __all__ = [
     "study_budget",
     "list_studies",
     "counts_toward_budget",
+    "search_done",
 ]
-
-CONFIG_ATTR = "skipsearch_config"
-FINGERPRINT_ATTR = "skipsearch_fingerprint"
-SITES_ATTR = "skipsearch_num_skips"
-SITE_INFO_ATTR = "skipsearch_sites"  # per site: index, resolution, channels, block and encoder paths
-SIGMAS_ATTR = "skipsearch_sigmas"  # the σ steps of the study's solver and NFE on its network
-BUDGET_ATTR = "skipsearch_budget"
-NOISE_ATTR = "skipsearch_baseline_noise"  # half-width of the baseline FID's 95% bootstrap interval
-KIND_ATTR = "skipsearch_trial_kind"  # baseline, warm, paper, probe, search (retries keep their kind)
-COUNTED_ATTR = "skipsearch_counted"  # a FAIL that used up its slot (its schedule failed, not its worker)
-REASON_ATTR = "fail_reason"
 
 
 def study_config(study: optuna.Study) -> StudyConfig | None:
@@ -98,8 +86,8 @@ class Prepared:
     complete: bool  # nothing queued or running: the budget is spent
 
 
-def _complete(study: optuna.Study, budget: int) -> bool:
-    trials = study.get_trials(deepcopy=False)
+def search_done(trials: Sequence[FrozenTrial], budget: int) -> bool:
+    """Nothing queued or running, and the budget spent."""
     active = any(t.state in (TrialState.WAITING, TrialState.RUNNING) for t in trials)
     return not active and sum(counts_toward_budget(t) for t in trials) >= budget
 
@@ -121,10 +109,10 @@ def _seed(study: optuna.Study, config: StudyConfig, sites: Sequence[SkipSite], b
     if "baseline" not in kinds and missing > 0:
         _enqueue(study, space.baseline(config, sites), "baseline")
         missing -= 1
-    warmed = {t.user_attrs.get("warm_from") for t in trials}
+    warmed = {t.user_attrs.get(WARM_FROM_ATTR) for t in trials}
     for source, params in warm:
         if missing > 0 and source not in warmed and in_bounds(params, config, sites):
-            study.enqueue_trial(params, user_attrs={KIND_ATTR: "warm", "warm_from": source}, skip_if_exists=False)
+            study.enqueue_trial(params, user_attrs={KIND_ATTR: "warm", WARM_FROM_ATTR: source}, skip_if_exists=False)
             missing -= 1
     paper = space.paper(config, sites)
     if config.enqueue_paper and "paper" not in kinds and missing > 0 and in_bounds(paper, config, sites):
@@ -139,7 +127,7 @@ def _seed(study: optuna.Study, config: StudyConfig, sites: Sequence[SkipSite], b
         _enqueue(study, {}, "search")
 
 
-def prepare_study(storage: BaseStorage, url: URL, config: StudyConfig, sites: Sequence[SkipSite],
+def prepare_study(store: StudyStore, config: StudyConfig, sites: Sequence[SkipSite],
                   describe: dict[str, Any] | None = None,
                   warm: Sequence[tuple[str, dict[str, float]]] = ()) -> Prepared:
     """Create the study (or join it when it exists with the same config) and fill its queue.
@@ -148,13 +136,13 @@ def prepare_study(storage: BaseStorage, url: URL, config: StudyConfig, sites: Se
     `describe` (site info, σ steps) is stored with a new study for the export; `warm` are the
     neighbouring NFEs' confirmed best parameters, queued once each after the baseline.
     """
-    with storage_lock(url, f"study:{config.study_name}"):
+    with store.lock(f"study:{config.study_name}"):
         created = True
         try:
-            study = optuna.create_study(storage=storage, study_name=config.study_name, direction="minimize")
+            study = optuna.create_study(storage=store.storage, study_name=config.study_name, direction="minimize")
         except DuplicatedStudyError:
             created = False
-            study = optuna.load_study(study_name=config.study_name, storage=storage)
+            study = optuna.load_study(study_name=config.study_name, storage=store.storage)
         existing = study_config(study)
         previous = None
         if existing is None:
@@ -174,7 +162,7 @@ def prepare_study(storage: BaseStorage, url: URL, config: StudyConfig, sites: Se
                 study.set_user_attr(BUDGET_ATTR, budget)
             config = existing
         _seed(study, config, sites, budget, warm)
-        complete = _complete(study, budget)
+        complete = search_done(study.get_trials(deepcopy=False), budget)
     return Prepared(study, config, created, budget, previous, complete)
 
 
@@ -207,6 +195,3 @@ def list_studies(storage: BaseStorage) -> list[tuple[str, StudyConfig]]:
                 continue
     return out
 
-
-def trial_kind(trial: FrozenTrial) -> Any:
-    return trial.user_attrs.get(KIND_ATTR)

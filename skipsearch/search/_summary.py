@@ -13,25 +13,23 @@ from optuna.trial import FrozenTrial, TrialState
 
 from ._config import StudyConfig
 from ._confirm import Confirmation, summarize_confirmation
-from ._study import (
+from ._study import list_studies, study_budget
+from .attrs import (
     COUNTED_ATTR,
+    IMAGES_PER_S_ATTR,
     KIND_ATTR,
     NOISE_ATTR,
+    PROGRESS_ATTR,
     REASON_ATTR,
+    RHO_ATTR,
+    SECONDS_ATTR,
+    SIGMA_RANGE_ATTR,
     SIGMAS_ATTR,
     SITE_INFO_ATTR,
-    list_studies,
-    study_budget,
+    WORKER_ATTR,
 )
 
-__all__ = ["StudySummary", "RunningTrial", "summarize", "study_summaries", "format_change"]
-
-
-def format_change(change: float | None) -> str:
-    """A relative FID change the way every output shows it: "−44.8%" is 44.8% lower (better)."""
-    if change is None:
-        return "—"
-    return f"{change * 100:+.1f}%".replace("-", "−")
+__all__ = ["StudySummary", "RunningTrial", "summarize", "study_summaries"]
 
 
 @dataclass(frozen=True)
@@ -151,8 +149,8 @@ class StudySummary:
 def _running(trial: FrozenTrial, config: StudyConfig) -> RunningTrial:
     started = trial.datetime_start
     seconds = (datetime.datetime.now() - started).total_seconds() if started else None
-    return RunningTrial(trial.number, int(trial.user_attrs.get("progress", 0)), config.samples, seconds,
-                        trial.user_attrs.get("worker"))
+    return RunningTrial(trial.number, int(trial.user_attrs.get(PROGRESS_ATTR, 0)), config.samples, seconds,
+                        trial.user_attrs.get(WORKER_ATTR))
 
 
 def summarize(study: optuna.Study, config: StudyConfig, trials: Sequence[FrozenTrial] | None = None) -> StudySummary:
@@ -162,8 +160,8 @@ def summarize(study: optuna.Study, config: StudyConfig, trials: Sequence[FrozenT
     failed = [t for t in by_state[TrialState.FAIL] if t.user_attrs.get(COUNTED_ATTR)]
     baseline = next((t.value for t in complete if t.user_attrs.get(KIND_ATTR) == "baseline"), None)
     best = min(complete, key=lambda t: t.value) if complete else None
-    rates = [t.user_attrs["images_per_s"] for t in complete if t.user_attrs.get("images_per_s")]
-    seconds = [t.user_attrs["seconds"] for t in complete if "seconds" in t.user_attrs]
+    rates = [t.user_attrs[IMAGES_PER_S_ATTR] for t in complete if t.user_attrs.get(IMAGES_PER_S_ATTR)]
+    seconds = [t.user_attrs[SECONDS_ATTR] for t in complete if SECONDS_ATTR in t.user_attrs]
     noise = study.user_attrs.get(NOISE_ATTR)
     return StudySummary(
         name=study.study_name,
@@ -179,8 +177,8 @@ def summarize(study: optuna.Study, config: StudyConfig, trials: Sequence[FrozenT
         best=best.value if best else None,
         best_trial=best.number if best else None,
         best_params=dict(best.params) if best else {},
-        best_rho=best.user_attrs.get("rho") if best else None,
-        best_sigma_range=best.user_attrs.get("sigma_range") if best else None,
+        best_rho=best.user_attrs.get(RHO_ATTR) if best else None,
+        best_sigma_range=best.user_attrs.get(SIGMA_RANGE_ATTR) if best else None,
         images_per_s=sum(rates) / len(rates) if rates else None,
         noise=float(noise) if noise is not None else None,
         trial_seconds=sum(seconds) / len(seconds) if seconds else None,

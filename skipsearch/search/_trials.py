@@ -22,12 +22,9 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from ._study import COUNTED_ATTR, KIND_ATTR, REASON_ATTR
+from .attrs import COUNTED_ATTR, FIXED_PARAMS, KIND_ATTR, REASON_ATTR, RETRIES_ATTR, RETRY_OF_ATTR
 
-__all__ = ["claim", "Heartbeat", "sweep", "fail", "rdb", "RETRIES_ATTR", "RETRY_OF_ATTR"]
-
-RETRIES_ATTR = "retries"
-RETRY_OF_ATTR = "retry_of"
+__all__ = ["claim", "Heartbeat", "sweep", "fail", "rdb"]
 
 
 def claim(study: optuna.Study) -> int | None:
@@ -81,7 +78,7 @@ class Heartbeat:
 
 def _requeue(study: optuna.Study, failed: FrozenTrial) -> None:
     """Queue a failed trial again with the same parameters (and kind), linked to it."""
-    params = {**(failed.system_attrs.get("fixed_params") or {}), **failed.params}
+    params = {**(failed.system_attrs.get(FIXED_PARAMS) or {}), **failed.params}
     attrs = {KIND_ATTR: failed.user_attrs.get(KIND_ATTR, "search"),
              RETRIES_ATTR: int(failed.user_attrs.get(RETRIES_ATTR, 0)) + 1, RETRY_OF_ATTR: failed.number}
     study.enqueue_trial(params, user_attrs=attrs, skip_if_exists=False)

@@ -1,5 +1,8 @@
 """Optuna storage for studies: SQLite on one machine, PostgreSQL for many workers.
 
+`StudyStore` is the one opened storage every layer is handed: its URL, the Optuna storage, the
+call that rides out outages, the cross-process lock and the settings, opened once per process.
+
 - URLs are parsed with SQLAlchemy (`postgresql://` → `postgresql+psycopg2://`, since SQLAlchemy
   2.1 would pick psycopg 3) and only ever shown through `mask_url`; any text that may carry a
   password (driver errors) goes through `redact`. A password may hold `/`, `@` or `:` as typed.
@@ -22,7 +25,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -37,19 +40,15 @@ from sqlalchemy.exc import ArgumentError
 from ..errors import StorageError
 
 __all__ = [
-    "DATABASE_ERRORS",
-    "ENV_VAR",
-    "DEFAULT_URL",
+    "StudyStore",
     "StorageSettings",
-    "parse_url",
+    "open_storage",
     "resolve_url",
     "mask_url",
     "redact",
-    "open_storage",
-    "storage_lock",
-    "Retrying",
-    "quiet_optuna",
-    "is_transient",
+    "ENV_VAR",
+    "DEFAULT_URL",
+    "DATABASE_ERRORS",
     "describe_database_error",
 ]
 
@@ -215,10 +214,17 @@ def _check_sqlite_file(path: Path, url: URL) -> None:
 
 
 def _has_tables(url: URL) -> bool:
+    """Optuna's schema is there and finished: the tables and their alembic stamp (written last). A
+    storage being created this instant has tables without the stamp; opening it then would race
+    its creator to write the version rows (and make the creator fail)."""
     engine = sa.create_engine(url, poolclass=sa.pool.NullPool, **{k: v for k, v in _engine_kwargs(url).items()
                                                                    if k == "connect_args"})
     try:
-        return sa.inspect(engine).has_table("studies")
+        inspector = sa.inspect(engine)
+        if not (inspector.has_table("studies") and inspector.has_table("alembic_version")):
+            return False
+        with engine.connect() as conn:
+            return bool(conn.execute(sa.text("SELECT COUNT(*) FROM alembic_version")).scalar())
     finally:
         engine.dispose()
 
@@ -361,3 +367,47 @@ def quiet_optuna() -> None:
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     warnings.filterwarnings("ignore", message=r".*is out of range for distribution.*")
     logging.getLogger("sqlalchemy").setLevel(logging.ERROR)
+
+
+class StudyStore:
+    """One opened study storage, handed down instead of URLs: `url`, the Optuna `storage`,
+    `settings`, calls that wait out an outage (`store(fn, *args)`) and the lock every process
+    using this storage shares (`store.lock(key)`)."""
+
+    def __init__(self, url: URL, storage: RDBStorage, settings: StorageSettings = StorageSettings(),
+                 log: Callable[[str], None] | None = None) -> None:
+        self.url = url
+        self.storage = storage
+        self.settings = settings
+        self.retrying = Retrying(url, settings, log)
+
+    @classmethod
+    def open(cls, url: str | URL | None = None, settings: StorageSettings = StorageSettings(), *, create: bool = False,
+             log: Callable[[str], None] | None = None) -> StudyStore:
+        """Open `url` (--storage, else $SKIPSEARCH_STORAGE, else ./skipsearch.db); see `open_storage`."""
+        parsed = resolve_url(url)
+        return cls(parsed, open_storage(parsed, settings, create=create), settings, log)
+
+    @classmethod
+    def of(cls, where: StudyStore | str | URL | None, settings: StorageSettings = StorageSettings(), *,
+           create: bool = False) -> StudyStore:
+        """`where` itself when it is a store, else the store it names, opened."""
+        return where if isinstance(where, StudyStore) else cls.open(where, settings, create=create)
+
+    def __call__(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return self.retrying(fn, *args, **kwargs)
+
+    def lock(self, key: str, timeout: float = 120.0) -> AbstractContextManager[None]:
+        return storage_lock(self.url, key, timeout)
+
+    @property
+    def masked(self) -> str:
+        return mask_url(self.url)
+
+    def child_env(self) -> dict[str, str]:
+        """The environment entry that hands this storage to a child process (never its argv)."""
+        return {ENV_VAR: self.url.render_as_string(hide_password=False)}
+
+    def with_settings(self, settings: StorageSettings, log: Callable[[str], None] | None = None) -> StudyStore:
+        """The same opened storage under other settings (a worker's heartbeat and outage limit)."""
+        return StudyStore(self.url, self.storage, settings, log)
