@@ -12,7 +12,9 @@ from typing import Generic, TypeVar
 
 from .errors import SkipsearchError
 
-__all__ = ["Registry"]
+__all__ = ["Registry", "BUILTIN_PREFIX"]
+
+BUILTIN_PREFIX = "builtin:"  # names a registered built-in (a model, a reference) where a path could stand
 
 T = TypeVar("T")
 

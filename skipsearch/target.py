@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from .errors import CheckpointError, ScheduleFileError
-from .models.builtin import BUILTIN_PREFIX, builtin_info
+from .models.builtin import builtin_info
+from .registry import BUILTIN_PREFIX
 from .models.vae import LatentCodec, LatentDecoder, load_vae
 from .models.loading import checkpoint_sha256, load_network, model_choices, model_name, resolve_model_source
 from .recipe import SamplingRecipe

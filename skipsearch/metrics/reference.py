@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import pickle
 import zipfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -28,7 +27,8 @@ import torch
 
 from ..errors import MetricError
 from ..fileio import atomic_write
-from ..registry import Registry
+from ..safe_pickle import NUMPY_DATA, safe_load
+from ..registry import BUILTIN_PREFIX, Registry
 from .digits import EXTRACTOR_NAME as DIGITS
 from .digits import weights_sha256
 from .features import extract, make_extractor
@@ -51,7 +51,6 @@ __all__ = [
     "resolve_reference",
 ]
 
-BUILTIN_PREFIX = "builtin:"
 BUILTIN_REFERENCES: Registry[str] = Registry("built-in reference", MetricError)  # name -> package data file
 BUILTIN_REFERENCES.register("edm-digits", "edm-digits-ref.npz")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -129,40 +128,6 @@ def _read_member(data: np.lib.npyio.NpzFile, key: str, path: Path) -> np.ndarray
 EDM2_BLOCKS = {"fid": "inception-v3-compat", "fd_dinov2": "dinov2-vit-l-14-edm2"}
 
 
-def _plain_array(subtype: Any, shape: Any, dtype_code: Any) -> np.ndarray:
-    if subtype is not np.ndarray:
-        raise MetricError("reference pickle rebuilds something other than a plain numpy array")
-    return np.ndarray.__new__(np.ndarray, shape, np.dtype(dtype_code))
-
-
-def _plain_dtype(kind: Any, align: bool = False, copy: bool = False) -> np.dtype:
-    if not isinstance(kind, str) or kind.startswith("O"):
-        raise MetricError(f"reference pickle holds numpy dtype {kind!r}; only plain numbers are read")
-    return np.dtype(kind)
-
-
-class _PlainDataUnpickler(pickle.Unpickler):
-    """Plain data only: dicts, lists, numbers, strings and numeric numpy arrays. A reference file is
-    data; any other global (code) is refused by name."""
-
-    ALLOWED: dict[tuple[str, str], Any] = {
-        ("numpy._core.multiarray", "_reconstruct"): _plain_array,
-        ("numpy.core.multiarray", "_reconstruct"): _plain_array,
-        ("numpy", "ndarray"): np.ndarray,
-        ("numpy", "dtype"): _plain_dtype,
-    }
-
-    def find_class(self, module: str, name: str) -> Any:
-        try:
-            return self.ALLOWED[(module, name)]
-        except KeyError:
-            raise MetricError(f"reference pickle refers to {module}.{name}, which a statistics file never needs; "
-                              "refusing to load it") from None
-
-    def persistent_load(self, pid: Any) -> Any:
-        raise MetricError("reference pickle uses persistent ids; it is not a statistics file")
-
-
 def load_references(path: str | os.PathLike[str]) -> dict[str | None, ReferenceStats]:
     """Every set of statistics in a reference file, by the feature extractor it was made with.
 
@@ -176,13 +141,8 @@ def load_references(path: str | os.PathLike[str]) -> dict[str | None, ReferenceS
         return {ref.features: ref}
     if not path.is_file():
         raise MetricError(f"reference statistics not found: {path}")
-    try:
-        with path.open("rb") as f:
-            data = _PlainDataUnpickler(f).load()
-    except MetricError as e:
-        raise MetricError(f"{path}: {e}") from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as e:
-        raise MetricError(f"{path} is not a readable reference pickle: {e}") from None
+    data = safe_load(path, NUMPY_DATA, error=MetricError, what="reference pickle",
+                     refused="a statistics file never needs; refusing to load it")
     if not isinstance(data, dict):
         raise MetricError(f"{path}: expected a dict of statistics (EDM2's dataset-ref format)")
     count = data.get("num_images")

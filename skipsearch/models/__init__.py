@@ -3,7 +3,8 @@
 from .builtin import BUILTINS, builtin_info
 from .edm import DhariwalUNet, EDMPrecond, SongUNet
 from .edm2 import EDM2Precond, EDM2UNet, EncoderInfo
-from .loading import checkpoint_sha256, load_network, model_choices, model_name, resolve_model_source
+from .formats import FORMATS, CheckpointFormat, format_of
+from .loading import MODEL_FAMILIES, checkpoint_sha256, load_network, model_choices, model_name, resolve_model_source
 
 __all__ = [
     "EDMPrecond",
@@ -19,4 +20,8 @@ __all__ = [
     "model_name",
     "model_choices",
     "checkpoint_sha256",
+    "FORMATS",
+    "CheckpointFormat",
+    "format_of",
+    "MODEL_FAMILIES",
 ]

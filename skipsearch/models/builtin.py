@@ -15,13 +15,12 @@ from pathlib import Path
 from torch import nn
 
 from ..errors import CheckpointError
-from ..registry import Registry
+from ..registry import BUILTIN_PREFIX, Registry
 from .edm import EDMPrecond
 from .edm_pickle import load_state_dict_checked
 
 __all__ = ["BuiltinModel", "BUILTINS", "builtin_info", "BUILTIN_PREFIX"]
 
-BUILTIN_PREFIX = "builtin:"
 _NAME_ATTR = "skipsearch_builtin"
 
 

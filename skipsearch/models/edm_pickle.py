@@ -13,13 +13,10 @@ from __future__ import annotations
 import inspect
 import io
 import math
-import pickle
-import re
-import struct
 import zipfile
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +24,7 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError
+from ..safe_pickle import NUMPY_DATA, SafeRecord, safe_load
 from .edm import EDMPrecond
 from .edm2 import ENCODER_ATTR, EDM2Block, EDM2Precond, EDM2UNet, EncoderInfo
 
@@ -51,14 +49,16 @@ class PersistentRecord:
     module_src_length: int = 0
 
 
-@dataclass
-class _InertObject:
+class _InertObject(SafeRecord):
     """A plain torch container (ModuleDict) rebuilt as data: its pickled `__dict__`."""
 
-    type_name: str
-    state: dict[str, Any] = field(default_factory=dict)
+    def __init__(self, type_name: str, state: dict[str, Any] | None = None) -> None:
+        self.type_name = type_name
+        self.state: dict[str, Any] = dict(state or {})
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
+    def __setstate__(self, state: Any) -> None:
+        if not isinstance(state, dict):
+            raise CheckpointError(f"malformed {self.type_name}: its state is not a dict")
         self.state = dict(state)
 
 
@@ -67,7 +67,7 @@ class _InertModuleDict(_InertObject):
         super().__init__("torch.nn.ModuleDict")
 
 
-class _EasyDict(dict):
+class _EasyDict(dict, SafeRecord):
     """dnnlib.util.EasyDict read back as a plain dict."""
 
     def __setstate__(self, state: Any) -> None:
@@ -111,114 +111,6 @@ def _rebuild_parameter(data: torch.Tensor, requires_grad: bool, backward_hooks: 
     return data
 
 
-# numpy pickles a dtype as numpy.dtype(kind, align, copy) followed by a BUILD state; only plain
-# little/big-endian numeric kinds ('f4', 'i8', 'b1', 'c8', ...) are ever needed.
-_DTYPE_KIND_RE = re.compile(r"^[biufc][0-9]{1,2}$")
-
-
-class _DtypeRecord:
-    """A numpy dtype as pickled, resolved to a real dtype only if it is plain numeric data."""
-
-    def __init__(self, kind: Any) -> None:
-        if not isinstance(kind, str) or not _DTYPE_KIND_RE.match(kind):
-            raise CheckpointError(f"refusing numpy dtype {kind!r}: only plain numeric dtypes are allowed")
-        self.kind = kind
-        self.byteorder = "="
-
-    def __setstate__(self, state: Any) -> None:
-        # (version, byteorder, subarray, names, fields, elsize, alignment, flags)
-        if not isinstance(state, tuple) or len(state) < 5:
-            raise CheckpointError("malformed numpy dtype state")
-        byteorder, subarray, names, fields = state[1:5]
-        if subarray is not None or names is not None or fields is not None:
-            raise CheckpointError("refusing a structured numpy dtype: only plain numeric dtypes are allowed")
-        if byteorder not in ("<", ">", "=", "|"):
-            raise CheckpointError(f"malformed numpy dtype byte order {byteorder!r}")
-        self.byteorder = byteorder
-
-    def resolve(self) -> np.dtype:
-        dtype = np.dtype(self.kind)
-        if dtype.hasobject or dtype.kind not in "biufc":
-            raise CheckpointError(f"refusing numpy dtype {self.kind!r}")
-        if self.byteorder in ("<", ">"):
-            return dtype.newbyteorder("<" if self.byteorder == "<" else ">")
-        return dtype
-
-
-def _numpy_dtype(kind: Any, align: bool = False, copy: bool = False) -> _DtypeRecord:
-    return _DtypeRecord(kind)
-
-
-def _numpy_scalar(dtype: Any, data: Any = None) -> Any:
-    if not isinstance(dtype, _DtypeRecord):
-        raise CheckpointError("malformed numpy scalar: expected a numeric dtype")
-    resolved = dtype.resolve()
-    if not isinstance(data, (bytes, bytearray)) or len(data) != resolved.itemsize:
-        raise CheckpointError("malformed numpy scalar: wrong data size")
-    return np.frombuffer(data, dtype=resolved, count=1)[0]
-
-
-class _NdarrayType:
-    """What the global `numpy.ndarray` stands for: only a marker for `_reconstruct`."""
-
-
-class _ArrayRecord:
-    """numpy's `_reconstruct(ndarray, (0,), b'b')` + BUILD state, rebuilt from raw bytes.
-
-    The state is validated (plain numeric dtype, raw bytes of exactly the declared size) instead of
-    being handed to ndarray.__setstate__; `read_edm_pickle` swaps each record for its array.
-    """
-
-    def __init__(self) -> None:
-        self.array: np.ndarray | None = None
-
-    def __setstate__(self, state: Any) -> None:
-        if isinstance(state, tuple) and len(state) == 5:
-            state = state[1:]  # drop the version number
-        if not isinstance(state, tuple) or len(state) != 4:
-            raise CheckpointError("malformed numpy array state")
-        shape, dtype, fortran, data = state
-        if not isinstance(dtype, _DtypeRecord):
-            raise CheckpointError("malformed numpy array: expected a numeric dtype")
-        if not isinstance(shape, tuple) or not all(isinstance(n, int) and n >= 0 for n in shape):
-            raise CheckpointError("malformed numpy array shape")
-        resolved = dtype.resolve()
-        if not isinstance(data, (bytes, bytearray)) or len(data) != math.prod(shape) * resolved.itemsize:
-            raise CheckpointError("malformed numpy array: data size does not match its shape")
-        flat = np.frombuffer(data, dtype=resolved)
-        self.array = flat.reshape(shape, order="F" if fortran else "C").copy()
-
-    def resolve(self) -> np.ndarray:
-        if self.array is None:
-            raise CheckpointError("malformed numpy array: no data")
-        return self.array
-
-
-def _numpy_reconstruct(subtype: Any, shape: Any = (0,), dtype_code: Any = b"b") -> _ArrayRecord:
-    if subtype is not _NdarrayType:
-        raise CheckpointError("refusing a numpy array subclass: only numpy.ndarray is allowed")
-    return _ArrayRecord()
-
-
-def _resolve_arrays(obj: Any, seen: set[int]) -> Any:
-    """Replace every `_ArrayRecord` in the unpickled data by its numpy array."""
-    if isinstance(obj, _ArrayRecord):
-        return obj.resolve()
-    if isinstance(obj, (torch.Tensor, str, bytes, int, float)) or obj is None or id(obj) in seen:
-        return obj
-    seen.add(id(obj))
-    if isinstance(obj, dict):
-        for key, value in obj.items():
-            obj[key] = _resolve_arrays(value, seen)
-    elif isinstance(obj, list):
-        obj[:] = [_resolve_arrays(value, seen) for value in obj]
-    elif isinstance(obj, tuple):
-        return tuple(_resolve_arrays(value, seen) for value in obj)
-    elif isinstance(obj, (PersistentRecord, _InertObject)):
-        _resolve_arrays(obj.state, seen)
-    return obj
-
-
 # module, name -> what the name stands for here. Nothing else may be imported by a checkpoint.
 ALLOWED_GLOBALS: dict[tuple[str, str], Callable[..., Any] | type] = {
     ("torch_utils.persistence", "_reconstruct_persistent_obj"): _reconstruct_persistent_obj,
@@ -226,13 +118,8 @@ ALLOWED_GLOBALS: dict[tuple[str, str], Callable[..., Any] | type] = {
     ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
     ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
     ("torch.storage", "_load_from_bytes"): _load_storage_from_bytes,
-    ("numpy._core.multiarray", "scalar"): _numpy_scalar,
-    ("numpy.core.multiarray", "scalar"): _numpy_scalar,
-    ("numpy", "dtype"): _numpy_dtype,
-    # EDM2's VAE encoder keeps its scale/bias as numpy arrays (numpy 2 and numpy 1 spellings).
-    ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct,
-    ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct,
-    ("numpy", "ndarray"): _NdarrayType,
+    # EDM2's VAE encoder keeps its scale/bias as numpy arrays; EDM's snapshots numpy scalars.
+    **NUMPY_DATA,
     ("torch.nn.modules.container", "ModuleDict"): _InertModuleDict,
     ("dnnlib.util", "EasyDict"): _EasyDict,
     ("builtins", "set"): set,
@@ -240,53 +127,10 @@ ALLOWED_GLOBALS: dict[tuple[str, str], Callable[..., Any] | type] = {
 }
 
 
-# What BUILD (pickle's "set this object's state") may apply to: the records above, which validate
-# their state. Anything else, an allowed function or class included, would be altered for the
-# whole process (a BUILD on torch._utils._rebuild_tensor_v2 could change its defaults).
-_BUILDABLE = (_ArrayRecord, _DtypeRecord, _InertObject, _EasyDict)
-
-
-class _RestrictedUnpickler(pickle._Unpickler):  # the Python unpickler: its BUILD can be guarded
-    dispatch = dict(pickle._Unpickler.dispatch)
-
-    def load_build(self) -> None:
-        target = self.stack[-2] if len(self.stack) >= 2 else None  # [..., object, state]
-        if not isinstance(target, _BUILDABLE):
-            raise CheckpointError(f"checkpoint sets the state of a {type(target).__name__}, which only "
-                                  "numpy arrays, dtypes and plain containers may have")
-        pickle._Unpickler.load_build(self)  # type: ignore[attr-defined]
-
-    dispatch[pickle.BUILD[0]] = load_build
-
-    def find_class(self, module: str, name: str) -> Any:
-        try:
-            return ALLOWED_GLOBALS[(module, name)]
-        except KeyError:
-            raise CheckpointError(
-                f"checkpoint refers to {module}.{name}, which is not on skipsearch's allow-list; "
-                "only EDM and EDM2 network pickles are supported"
-            ) from None
-
-    def persistent_load(self, pid: Any) -> Any:
-        raise CheckpointError("checkpoint uses persistent ids (a torch.save file?): load it as .pt instead")
-
-
 def read_edm_pickle(path: str | Path) -> Any:
     """Unpickle an EDM/EDM2 snapshot into plain data (dicts, tensors, numpy arrays, PersistentRecords)."""
-    path = Path(path)
-    try:
-        with path.open("rb") as f:
-            data = _RestrictedUnpickler(f).load()
-        return _resolve_arrays(data, set())
-    except CheckpointError as e:
-        raise CheckpointError(f"{path}: {e}") from None
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: no such file") from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
-            struct.error) as e:
-        raise CheckpointError(f"{path} is not a readable EDM checkpoint (truncated or not a pickle): {e}") from None
-    except RuntimeError as e:  # torch failing on a damaged storage blob
-        raise CheckpointError(f"{path} holds a damaged tensor: {e}") from None
+    return safe_load(path, ALLOWED_GLOBALS, error=CheckpointError, what="EDM checkpoint",
+                     refused="is not on skipsearch's allow-list; only EDM and EDM2 network pickles are supported")
 
 
 def _collect_tensors(record: PersistentRecord | _InertObject, prefix: str, out: dict[str, torch.Tensor]) -> None:
