@@ -35,6 +35,7 @@ def test_fid_against_a_fixed_reference_matches_torch_fidelity() -> None:
     assert frechet.of_features(x, counts[0]) == pytest.approx(frechet.of_features(resampled), rel=1e-9)
 
 
+@pytest.mark.slow
 def test_intervals_cover_the_true_fid_and_gain_at_the_nominal_rate() -> None:
     """Features ~ N(μ, Σ) with known moments, so the true FID and the true gain are known."""
     rng = np.random.default_rng(0)

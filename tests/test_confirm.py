@@ -26,6 +26,7 @@ def _config(checkpoint: Path, tmp_path: Path, **kw):
                                                 "bootstrap": 50, **kw})
 
 
+@pytest.mark.slow
 def test_two_workers_confirm_each_schedule_once(storage_url: str, tiny_checkpoint: Path, tmp_path: Path) -> None:
     [p] = prepare_studies(storage_url, [_config(tiny_checkpoint, tmp_path)])
     procs = spawn_workers(storage_url, [p.config.study_name], ["cpu", "cpu"], tmp_path / "logs", StorageSettings())
@@ -52,6 +53,7 @@ def test_two_workers_confirm_each_schedule_once(storage_url: str, tiny_checkpoin
     assert len(workers) >= 1
 
 
+@pytest.mark.slow
 def test_export_carries_the_confirmation_and_score_reproduces_it(tiny_checkpoint: Path, tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     from skipsearch.search import run_worker
@@ -83,6 +85,7 @@ def test_export_carries_the_confirmation_and_score_reproduces_it(tiny_checkpoint
     assert "confirmed on held-out seeds 100000000..100000239" in text and "confirmed best trial" in text
 
 
+@pytest.mark.slow
 def test_confirm_on_demand(tiny_checkpoint: Path, tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'd.db'}"
     [p] = prepare_studies(url, [_config(tiny_checkpoint, tmp_path, confirm_top=0)])
@@ -100,6 +103,7 @@ def test_confirm_on_demand(tiny_checkpoint: Path, tmp_path: Path) -> None:
     assert "confirmed best trial" in " ".join(done.output.split())
 
 
+@pytest.mark.slow
 def test_neighbouring_nfes_start_from_each_others_confirmed_best(tiny_checkpoint: Path, tmp_path: Path) -> None:
     from skipsearch.search import run_worker, summarize_confirmation
 

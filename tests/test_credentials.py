@@ -25,14 +25,32 @@ def _with_password(pg_url: str, password: str) -> str:
     return f"postgresql://postgres:{password}@{host_and_db}"
 
 
-def _cmdlines() -> str:
-    out = []
+def _family(root: int) -> list[int]:
+    """`root` and every process descended from it (read from each process's parent pid), so the
+    test looks only at the processes it started, never at another user's skipsearch on the host."""
+    children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                out.append((entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
-            except OSError:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
                 continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(children.get(pid, []))
+    return out
+
+
+def _cmdlines(root: int) -> str:
+    out = []
+    for pid in _family(root):
+        try:
+            out.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+        except OSError:
+            continue
     return "\n".join(out)
 
 
@@ -43,13 +61,13 @@ def _run(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess[
 
 
 def _watch_process_list(proc: subprocess.Popen[str], needle: str = " -m skipsearch ") -> list[str]:
-    """Every process listing taken while `proc` runs (4 a second) once it shows `needle`.
+    """Every listing of `proc`'s processes taken while it runs (4 a second) once it shows `needle`.
 
     The command as typed is visible for the few milliseconds before it re-executes itself; the
     listings that count are those taken while the work runs."""
     seen = []
     while proc.poll() is None:
-        listing = _cmdlines()
+        listing = _cmdlines(proc.pid)
         if needle in listing:
             seen.append(listing)
         threading.Event().wait(0.25)
@@ -71,6 +89,7 @@ def test_errors_mask_every_password(password: str, pg_url: str, tmp_path: Path) 
         assert SECRET not in result.output and "postgres:***@" in result.stderr
 
 
+@pytest.mark.slow
 def test_password_never_printed_or_listed(pg_url: str, tiny_checkpoint: Path, tmp_path: Path) -> None:
     url = _with_password(pg_url, PASSWORDS[2])
     launch = [sys.executable, "-m", "skipsearch", "launch", "--storage", url, "--checkpoint", str(tiny_checkpoint),
@@ -98,6 +117,7 @@ def test_password_never_printed_or_listed(pg_url: str, tiny_checkpoint: Path, tm
     assert export.returncode == 0 and SECRET not in (tmp_path / "s.json").read_text()
 
 
+@pytest.mark.slow
 def test_worker_and_dashboard_move_the_password_out_of_ps(pg_url: str, tiny_checkpoint: Path, tmp_path: Path) -> None:
     """`--storage URL` typed on the command line moves into the environment before any work starts."""
     from helpers import free_port, tiny_config
@@ -125,7 +145,7 @@ def test_worker_and_dashboard_move_the_password_out_of_ps(pg_url: str, tiny_chec
     try:
 
         wait_for(lambda: _answers(f"http://127.0.0.1:{port}/api/meta"), 120, "the dashboard")
-        listing = _cmdlines()
+        listing = _cmdlines(dashboard.pid)
         assert " -m skipsearch dashboard" in listing and SECRET not in listing
     finally:
         dashboard.send_signal(signal.SIGINT)

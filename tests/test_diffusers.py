@@ -232,6 +232,7 @@ def test_the_denoiser_wraps_the_unet_on_its_sigma_table(tmp_path: Path) -> None:
     assert torch.allclose(denoised, x - sigma * predicted_eps, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_a_search_runs_on_a_saved_folder_and_the_pipeline_applies_its_export(tmp_path: Path,
                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """The whole loop: `launch` on a UNet2DModel folder, export, then a stock DDIMPipeline built

@@ -144,6 +144,7 @@ def test_fd_dinov2_preprocessing_and_offline_weights(tmp_path: Path, monkeypatch
         preprocess(images.float())
 
 
+@pytest.mark.slow
 def test_an_edm2_snapshot_is_searched_with_autoguidance(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`launch` on EDM2-format pickles written here (main and guide), then export: the exported
     entry records the guide and the EDM2 sites in the network's own terms."""

@@ -63,6 +63,7 @@ def _stop_one_worker(url: str, name: str, procs: list, sig: int, when: int) -> i
     return victim.process.wait(timeout=60)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
 def test_three_workers_lose_two_and_the_budget_is_exact(sig: int, tiny_checkpoint: Path, tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'r.db'}"
@@ -94,6 +95,7 @@ def test_three_workers_lose_two_and_the_budget_is_exact(sig: int, tiny_checkpoin
         assert all("worker lost" in t.user_attrs["fail_reason"] for t in lost)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_a_signal_stops_a_worker_within_seconds(sig: int, tiny_checkpoint: Path, tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 't.db'}"
@@ -120,6 +122,7 @@ def test_a_signal_stops_a_worker_within_seconds(sig: int, tiny_checkpoint: Path,
     assert "Traceback" not in log and f"worker stopped by {signal.Signals(sig).name}" in log
 
 
+@pytest.mark.slow
 def test_four_workers_run_exactly_the_budget_without_repeats(pg_url: str, tiny_checkpoint: Path, tmp_path: Path) -> None:
     [p] = prepare_studies(pg_url, [tiny_config(tiny_checkpoint, tmp_path, trials=14, samples=60, batch_size=30)])
     name = p.config.study_name
@@ -132,6 +135,7 @@ def test_four_workers_run_exactly_the_budget_without_repeats(pg_url: str, tiny_c
     assert len({t.user_attrs["worker"] for t in trials}) >= 2
 
 
+@pytest.mark.slow
 def test_a_database_restart_is_waited_out(tiny_checkpoint: Path, tmp_path: Path) -> None:
     """PostgreSQL stops for 10 s while two workers run: both continue, nothing is lost or re-run."""
     with own_postgres() as server:
@@ -166,6 +170,7 @@ def _launch(url: str, checkpoint: Path, tmp_path: Path, index: int) -> subproces
     return subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_ten_concurrent_launches_make_one_study(backend: str, tiny_checkpoint: Path, tmp_path: Path,
                                                 request: pytest.FixtureRequest) -> None:
@@ -213,6 +218,7 @@ def test_non_finite_samples_fail_the_trial_and_the_study_goes_on(tiny_checkpoint
     assert export.exit_code == 2 and "no studies with a completed trial" in export.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
 def test_launch_never_orphans_its_workers(sig: int, tiny_checkpoint: Path, tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'l.db'}"

@@ -55,6 +55,7 @@ def test_url_handling() -> None:
     assert "secret" not in mask_url("postgresql://u:s3cr@t:secret@db/x")
 
 
+@pytest.mark.slow
 def test_two_worker_processes_share_a_study(storage_url: str, tiny_checkpoint: Path, tmp_path: Path) -> None:
     [prepared] = prepare_studies(storage_url, [_config(tiny_checkpoint, tmp_path)])
     config = prepared.config
@@ -99,6 +100,7 @@ def test_refuses_a_different_config(tiny_checkpoint: Path, tmp_path: Path) -> No
     assert result.exit_code == 2 and "different evaluation config" in " ".join(result.output.split())
 
 
+@pytest.mark.slow
 def test_killed_worker_trial_is_retried(tiny_checkpoint: Path, tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'k.db'}"
     [prepared] = prepare_studies(url, [_config(tiny_checkpoint, tmp_path, samples=8000, batch_size=100, trials=2,
@@ -128,6 +130,7 @@ def test_killed_worker_trial_is_retried(tiny_checkpoint: Path, tmp_path: Path) -
     assert retried and retried[0].params == failed[0].params
 
 
+@pytest.mark.slow
 def test_export_validate_load_round_trip(tiny_checkpoint: Path, tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'e.db'}"
     [prepared] = prepare_studies(url, [_config(tiny_checkpoint, tmp_path, trials=4)])
@@ -212,6 +215,7 @@ def test_search_commands_bad_input(args: list[str], needle: str, tmp_path: Path,
     assert "Traceback" not in result.output
 
 
+@pytest.mark.slow
 def test_worker_entry_point_reports_errors(tiny_checkpoint: Path, tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'w.db'}"
     prepare_studies(url, [_config(tiny_checkpoint, tmp_path)])
@@ -245,6 +249,7 @@ def test_orphaned_running_trial_without_heartbeat_is_requeued(tiny_checkpoint: P
     assert retry[0].user_attrs[KIND_ATTR] == "baseline"
 
 
+@pytest.mark.slow
 def test_a_finished_study_says_so_and_can_be_extended(tiny_checkpoint: Path, tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)

@@ -3,6 +3,8 @@ to the network call and within the proxy's noise, per-block compilation with ski
 
 from __future__ import annotations
 
+import pytest
+
 import torch
 from conftest import TINY_NET
 
@@ -47,6 +49,7 @@ def test_bf16_scores_within_the_proxy_noise_and_features_stay_fp32() -> None:
     assert abs(stream.add(images)[-1][1] - half) < 1e-9 * half  # bf16 features would differ by ~1e-3
 
 
+@pytest.mark.slow
 def test_compiled_blocks_keep_skip_tuning() -> None:
     torch.manual_seed(0)
     net = EDMPrecond(**TINY_NET).eval().requires_grad_(False)
