@@ -1,16 +1,19 @@
-"""EDM networks (Karras et al. 2022), reimplemented from the published architecture facts.
+"""EDM networks (Karras et al. 2022), written from the published architecture facts (ARCHITECTURE.md).
 
-State-dict compatible with NVlabs EDM's released checkpoints: module names, parameter names and
-shapes match, so a snapshot's tensors load into these classes unchanged. Only what sampling needs is
-here (no dropout at inference, no training-time label dropout); `EDMPrecond` is the only
-preconditioning.
-Skip-Tuning is applied from outside (skipsearch.skiptune), by structure, as for NVlabs' own objects.
+State-dict compatible with NVlabs EDM's released checkpoints: what must match is kept exactly —
+module names (`enc`/`dec` entries such as `32x32_block2`, `map_noise`, `norm0`, `qkv`), parameter
+and buffer names and shapes, the order entries run in — so a snapshot's tensors load unchanged.
+Everything else (the table-driven walk, the resampling helpers, the block's structure) is this
+project's own. Only what sampling needs is here (no dropout at inference, no training-time label
+dropout); `EDMPrecond` is the only preconditioning. Skip-Tuning is applied from outside
+(skipsearch.skiptune), by structure, as for NVlabs' own objects.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -95,31 +98,48 @@ class Conv2d(nn.Module):
         self.register_buffer("resample_filter", _resample_kernel(resample_filter) if up or down else None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.weight.to(x.dtype) if self.weight is not None else None
-        f = self.resample_filter.to(x.dtype) if self.resample_filter is not None else None
-        w_pad = w.shape[-1] // 2 if w is not None else 0
-        f_pad = (f.shape[-1] - 1) // 2 if f is not None else 0
-        if self.fused_resample and self.up and w is not None:
-            x = F.conv_transpose2d(
-                x, (f * 4).tile([self.in_channels, 1, 1, 1]), groups=self.in_channels, stride=2,
-                padding=max(f_pad - w_pad, 0),
-            )
-            x = F.conv2d(x, w, padding=max(w_pad - f_pad, 0))
-        elif self.fused_resample and self.down and w is not None:
-            x = F.conv2d(x, w, padding=w_pad + f_pad)
-            x = F.conv2d(x, f.tile([self.out_channels, 1, 1, 1]), groups=self.out_channels, stride=2)
+        weight = self.weight.to(x.dtype) if self.weight is not None else None
+        taps = self.resample_filter.to(x.dtype) if self.resample_filter is not None else None
+        if taps is not None and weight is not None and self.fused_resample:
+            x = _fused_up(x, weight, taps) if self.up else _fused_down(x, weight, taps)
         else:
-            if self.up:
-                x = F.conv_transpose2d(
-                    x, (f * 4).tile([self.in_channels, 1, 1, 1]), groups=self.in_channels, stride=2, padding=f_pad
-                )
-            if self.down:
-                x = F.conv2d(x, f.tile([self.in_channels, 1, 1, 1]), groups=self.in_channels, stride=2, padding=f_pad)
-            if w is not None:
-                x = F.conv2d(x, w, padding=w_pad)
+            if taps is not None:
+                x = _upsample(x, taps) if self.up else _downsample(x, taps)
+            if weight is not None:
+                x = F.conv2d(x, weight, padding=weight.shape[-1] // 2)
         if self.bias is not None:
             x = x + self.bias.to(x.dtype).reshape(1, -1, 1, 1)
         return x
+
+
+# 2× FIR resampling, one filter per channel (depthwise); `taps` is the normalised 2-D filter [1,1,L,L].
+def _pad(kernel: torch.Tensor) -> int:
+    return (kernel.shape[-1] - 1) // 2
+
+
+def _upsample(x: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
+    channels = x.shape[1]
+    return F.conv_transpose2d(x, (taps * 4).tile([channels, 1, 1, 1]), stride=2, padding=_pad(taps), groups=channels)
+
+
+def _downsample(x: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
+    channels = x.shape[1]
+    return F.conv2d(x, taps.tile([channels, 1, 1, 1]), stride=2, padding=_pad(taps), groups=channels)
+
+
+def _fused_up(x: torch.Tensor, weight: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
+    """Upsample, then convolve, with the two paddings merged (the pair crops what a separate pad adds)."""
+    channels, filter_pad, weight_pad = x.shape[1], _pad(taps), weight.shape[-1] // 2
+    x = F.conv_transpose2d(x, (taps * 4).tile([channels, 1, 1, 1]), stride=2, padding=max(filter_pad - weight_pad, 0),
+                           groups=channels)
+    return F.conv2d(x, weight, padding=max(weight_pad - filter_pad, 0))
+
+
+def _fused_down(x: torch.Tensor, weight: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
+    """Convolve at full resolution with both paddings, then downsample the result (NCSN++'s residual input)."""
+    x = F.conv2d(x, weight, padding=weight.shape[-1] // 2 + _pad(taps))
+    channels = x.shape[1]
+    return F.conv2d(x, taps.tile([channels, 1, 1, 1]), stride=2, groups=channels)
 
 
 class GroupNorm(nn.Module):
@@ -201,64 +221,129 @@ class UNetBlock(nn.Module):
             self.proj = Conv2d(out_channels, out_channels, kernel=1)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        orig = x
-        x = self.conv0(F.silu(self.norm0(x)))
-        params = self.affine(emb)[:, :, None, None].to(x.dtype)
+        shortcut = self.skip(x) if self.skip is not None else x
+        out = (self._residual(x, emb) + shortcut) * self.skip_scale
+        return self._attend(out) if self.num_heads else out
+
+    def _residual(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        """norm → SiLU → conv (resampling here), the noise embedding (scale and shift, or added),
+        norm → SiLU → conv; dropout is the identity when sampling."""
+        h = self.conv0(F.silu(self.norm0(x)))
+        conditioning = self.affine(emb)[:, :, None, None].to(h.dtype)
         if self.adaptive_scale:
-            scale, shift = params.chunk(2, dim=1)
-            x = F.silu(torch.addcmul(shift, self.norm1(x), scale + 1))
+            scale, shift = conditioning.chunk(2, dim=1)
+            h = F.silu(torch.addcmul(shift, self.norm1(h), scale + 1))
         else:
-            x = F.silu(self.norm1(x + params))
-        x = self.conv1(F.dropout(x, p=self.dropout, training=self.training))
-        x = (x + (self.skip(orig) if self.skip is not None else orig)) * self.skip_scale
-        if self.num_heads:
-            n, c, h, w = x.shape
-            q, k, v = self.qkv(self.norm2(x)).reshape(n * self.num_heads, c // self.num_heads, 3, h * w).unbind(2)
-            logits = torch.einsum("ncq,nck->nqk", q.float(), (k / math.sqrt(k.shape[1])).float())
-            weights = logits.softmax(dim=2).to(q.dtype)
-            a = torch.einsum("nqk,nck->ncq", weights, v)
-            x = (self.proj(a.reshape(n, c, h, w)) + x) * self.skip_scale
-        return x
+            h = F.silu(self.norm1(h + conditioning))
+        return self.conv1(F.dropout(h, p=self.dropout, training=self.training))
+
+    def _attend(self, x: torch.Tensor) -> torch.Tensor:
+        """Multi-head self-attention over positions, its softmax in float32, added back residually."""
+        n, c, height, width = x.shape
+        head = c // self.num_heads
+        q, k, v = self.qkv(self.norm2(x)).reshape(n * self.num_heads, head, 3, height * width).unbind(2)
+        logits = torch.einsum("ncq,nck->nqk", q.float(), (k / math.sqrt(head)).float())  # scaled first, as EDM
+        mixed = torch.einsum("nqk,nck->ncq", logits.softmax(dim=2).to(q.dtype), v)
+        return (self.proj(mixed.reshape(n, c, height, width)) + x) * self.skip_scale
 
 
-class _UNetBase(nn.Module):
-    """Shared encoder/decoder walk. Subclasses build `enc`, `dec` and the embedding."""
-
-    enc: nn.ModuleDict
-    dec: nn.ModuleDict
-
-    def _run_unet(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        skips: list[torch.Tensor] = []
-        aux = x
-        for name, block in self.enc.items():
-            if "aux_down" in name:
-                aux = block(aux)
-            elif "aux_skip" in name:
-                x = skips[-1] = x + block(aux)
-            elif "aux_residual" in name:
-                x = skips[-1] = aux = (x + block(aux)) / math.sqrt(2)
-            else:
-                x = block(x, emb) if isinstance(block, UNetBlock) else block(x)
-                skips.append(x)
-        aux = None
-        tmp = None
-        for name, block in self.dec.items():
-            if "aux_up" in name:
-                aux = block(aux)
-            elif "aux_norm" in name:
-                tmp = block(x)
-            elif "aux_conv" in name:
-                tmp = block(F.silu(tmp))
-                aux = tmp if aux is None else tmp + aux
-            else:
-                if x.shape[1] != block.in_channels:
-                    x = torch.cat([x, skips.pop()], dim=1)
-                x = block(x, emb)
-        return x if aux is None else aux
+# -- the UNet walk ------------------------------------------------------------------------------
+# A pass keeps the main features `x`, the skip stack, and for NCSN++-style networks a second,
+# image-like signal (`image`): the input image carried down the encoder level by level ("skip" and
+# "residual" encoders), or the output image built up level by level ("skip" decoder). Each entry of
+# `enc`/`dec` is registered with the step it takes; only the entry names are NVlabs' (the
+# checkpoints' keys), the walk itself is table-driven.
 
 
-class SongUNet(_UNetBase):
-    """DDPM++ (positional/standard) and NCSN++ (fourier/residual) backbones of Song et al."""
+@dataclass
+class _Pass:
+    x: torch.Tensor
+    emb: torch.Tensor
+    image: torch.Tensor | None
+    skips: list[torch.Tensor] = field(default_factory=list)
+    head: torch.Tensor | None = None  # normalised features waiting for their output conv
+
+
+Step = Callable[[_Pass, nn.Module], None]
+
+
+def _push(p: _Pass, entry: nn.Module) -> None:
+    p.x = entry(p.x, p.emb) if isinstance(entry, UNetBlock) else entry(p.x)
+    p.skips.append(p.x)
+
+
+def _downsample_image(p: _Pass, entry: nn.Module) -> None:
+    p.image = entry(p.image)
+
+
+def _add_image(p: _Pass, entry: nn.Module) -> None:
+    """'skip' encoder: the level's image, projected, is added to the features just pushed."""
+    p.x = p.skips[-1] = p.x + entry(p.image)
+
+
+def _merge_image(p: _Pass, entry: nn.Module) -> None:
+    """'residual' encoder: features and the downsampled image averaged (variance-preserving), and
+    the result carried on as the next level's image."""
+    p.x = p.skips[-1] = p.image = (p.x + entry(p.image)) / math.sqrt(2)
+
+
+def _pop(p: _Pass, entry: nn.Module) -> None:
+    """A decoder block takes the top skip when its input is wider than the running features (the
+    rule skipsearch.skiptune reads from the structure too)."""
+    if p.x.shape[1] != entry.in_channels:
+        p.x = torch.cat([p.x, p.skips.pop()], dim=1)
+    p.x = entry(p.x, p.emb)
+
+
+def _normalise_head(p: _Pass, entry: nn.Module) -> None:
+    p.head = entry(p.x)
+
+
+def _emit_image(p: _Pass, entry: nn.Module) -> None:
+    out = entry(F.silu(p.head))
+    p.image = out if p.image is None else out + p.image
+
+
+# Steps by name: what a network records of its walk is plain data (it pickles like its weights).
+STEPS: dict[str, Step] = {step.__name__.lstrip("_"): step for step in (
+    _push, _downsample_image, _add_image, _merge_image, _pop, _normalise_head, _emit_image)}
+
+
+class _SkipUNet(nn.Module):
+    """Encoder entries push, decoder entries pop: the part SongUNet and DhariwalUNet share."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.steps: dict[str, str] = {}  # "enc.NAME" / "dec.NAME" -> the step that entry takes
+
+    def _encoder(self, name: str, entry: nn.Module, step: Step = _push) -> None:
+        self.enc[name] = entry
+        self.steps[f"enc.{name}"] = step.__name__.lstrip("_")
+
+    def _decoder(self, name: str, entry: nn.Module, step: Step = _pop) -> None:
+        self.dec[name] = entry
+        self.steps[f"dec.{name}"] = step.__name__.lstrip("_")
+
+    def _pushed_channels(self) -> list[int]:
+        return [entry.out_channels for name, entry in self.enc.items() if self.steps[f"enc.{name}"] == "push"]
+
+    def _walk(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        down = _Pass(x, emb, image=x)
+        for name, entry in self.enc.items():
+            STEPS[self.steps[f"enc.{name}"]](down, entry)
+        up = _Pass(down.x, emb, image=None, skips=down.skips)
+        for name, entry in self.dec.items():
+            STEPS[self.steps[f"dec.{name}"]](up, entry)
+        return up.x if up.image is None else up.image
+
+
+def _tag(resolution: int) -> str:
+    return f"{resolution}x{resolution}"
+
+
+class SongUNet(_SkipUNet):
+    """DDPM++ (positional embedding, standard encoder) and NCSN++ (Fourier, residual encoder)
+    backbones of Song et al., as EDM's `-vp` and `-ve` checkpoints hold them."""
 
     def __init__(
         self,
@@ -289,65 +374,62 @@ class SongUNet(_UNetBase):
         super().__init__()
         self.img_resolution = img_resolution
         self.label_dropout = label_dropout
-        emb_channels = model_channels * channel_mult_emb
-        noise_channels = model_channels * channel_mult_noise
-        block = dict(
-            emb_channels=emb_channels, num_heads=1, dropout=dropout, skip_scale=math.sqrt(0.5), eps=1e-6,
-            resample_filter=resample_filter, resample_proj=True, adaptive_scale=False,
-        )
+        emb_width, noise_width = model_channels * channel_mult_emb, model_channels * channel_mult_noise
 
-        self.map_noise = (
-            PositionalEmbedding(noise_channels, endpoint=True)
-            if embedding_type == "positional"
-            else FourierEmbedding(noise_channels)
-        )
-        self.map_label = Linear(label_dim, noise_channels) if label_dim else None
-        self.map_augment = Linear(augment_dim, noise_channels, bias=False) if augment_dim else None
-        self.map_layer0 = Linear(noise_channels, emb_channels)
-        self.map_layer1 = Linear(emb_channels, emb_channels)
+        def block(width_in: int, width_out: int, **kind: Any) -> UNetBlock:
+            return UNetBlock(width_in, width_out, emb_channels=emb_width, num_heads=1, dropout=dropout,
+                             skip_scale=math.sqrt(0.5), eps=1e-6, resample_filter=resample_filter,
+                             resample_proj=True, adaptive_scale=False, **kind)
 
+        self.map_noise = (PositionalEmbedding(noise_width, endpoint=True) if embedding_type == "positional"
+                          else FourierEmbedding(noise_width))
+        self.map_label = Linear(label_dim, noise_width) if label_dim else None
+        self.map_augment = Linear(augment_dim, noise_width, bias=False) if augment_dim else None
+        self.map_layer0 = Linear(noise_width, emb_width)
+        self.map_layer1 = Linear(emb_width, emb_width)
+
+        widths = [model_channels * m for m in channel_mult]
+        deepest = len(widths) - 1
         self.enc = nn.ModuleDict()
-        cout = in_channels
-        caux = in_channels
-        for level, mult in enumerate(channel_mult):
-            res = img_resolution >> level
+        width, image_width = model_channels, in_channels
+        for level, level_width in enumerate(widths):
+            tag, attention = _tag(img_resolution >> level), (img_resolution >> level) in attn_resolutions
             if level == 0:
-                cin, cout = cout, model_channels
-                self.enc[f"{res}x{res}_conv"] = Conv2d(cin, cout, kernel=3)
+                self._encoder(f"{tag}_conv", Conv2d(in_channels, width, kernel=3))
             else:
-                self.enc[f"{res}x{res}_down"] = UNetBlock(cout, cout, down=True, **block)
+                self._encoder(f"{tag}_down", block(width, width, down=True))
                 if encoder_type == "skip":
-                    self.enc[f"{res}x{res}_aux_down"] = Conv2d(caux, caux, kernel=0, down=True, resample_filter=resample_filter)
-                    self.enc[f"{res}x{res}_aux_skip"] = Conv2d(caux, cout, kernel=1)
-                if encoder_type == "residual":
-                    self.enc[f"{res}x{res}_aux_residual"] = Conv2d(
-                        caux, cout, kernel=3, down=True, resample_filter=resample_filter, fused_resample=True
-                    )
-                    caux = cout
-            for idx in range(num_blocks):
-                cin, cout = cout, model_channels * mult
-                self.enc[f"{res}x{res}_block{idx}"] = UNetBlock(cin, cout, attention=res in attn_resolutions, **block)
-        skips = [m.out_channels for name, m in self.enc.items() if "aux" not in name]
+                    self._encoder(f"{tag}_aux_down", Conv2d(image_width, image_width, kernel=0, down=True,
+                                                             resample_filter=resample_filter), _downsample_image)
+                    self._encoder(f"{tag}_aux_skip", Conv2d(image_width, width, kernel=1), _add_image)
+                elif encoder_type == "residual":
+                    self._encoder(f"{tag}_aux_residual", Conv2d(image_width, width, kernel=3, down=True,
+                                                                 resample_filter=resample_filter,
+                                                                 fused_resample=True), _merge_image)
+                    image_width = width
+            for i in range(num_blocks):
+                self._encoder(f"{tag}_block{i}", block(width, level_width, attention=attention))
+                width = level_width
 
+        skip_widths = self._pushed_channels()
         self.dec = nn.ModuleDict()
-        for level, mult in reversed(list(enumerate(channel_mult))):
-            res = img_resolution >> level
-            if level == len(channel_mult) - 1:
-                self.dec[f"{res}x{res}_in0"] = UNetBlock(cout, cout, attention=True, **block)
-                self.dec[f"{res}x{res}_in1"] = UNetBlock(cout, cout, **block)
+        for level in range(deepest, -1, -1):
+            tag, attention = _tag(img_resolution >> level), (img_resolution >> level) in attn_resolutions
+            if level == deepest:
+                self._decoder(f"{tag}_in0", block(width, width, attention=True))
+                self._decoder(f"{tag}_in1", block(width, width))
             else:
-                self.dec[f"{res}x{res}_up"] = UNetBlock(cout, cout, up=True, **block)
-            for idx in range(num_blocks + 1):
-                cin, cout = cout + skips.pop(), model_channels * mult
-                attention = idx == num_blocks and res in attn_resolutions
-                self.dec[f"{res}x{res}_block{idx}"] = UNetBlock(cin, cout, attention=attention, **block)
+                self._decoder(f"{tag}_up", block(width, width, up=True))
+            for i in range(num_blocks + 1):  # the last block of a level attends where the level does
+                self._decoder(f"{tag}_block{i}", block(width + skip_widths.pop(), widths[level],
+                                                       attention=attention and i == num_blocks))
+                width = widths[level]
             if decoder_type == "skip" or level == 0:
-                if decoder_type == "skip" and level < len(channel_mult) - 1:
-                    self.dec[f"{res}x{res}_aux_up"] = Conv2d(
-                        out_channels, out_channels, kernel=0, up=True, resample_filter=resample_filter
-                    )
-                self.dec[f"{res}x{res}_aux_norm"] = GroupNorm(cout, eps=1e-6)
-                self.dec[f"{res}x{res}_aux_conv"] = Conv2d(cout, out_channels, kernel=3)
+                if decoder_type == "skip" and level < deepest:
+                    self._decoder(f"{tag}_aux_up", Conv2d(out_channels, out_channels, kernel=0, up=True,
+                                                          resample_filter=resample_filter), _downsample_image)
+                self._decoder(f"{tag}_aux_norm", GroupNorm(width, eps=1e-6), _normalise_head)
+                self._decoder(f"{tag}_aux_conv", Conv2d(width, out_channels, kernel=3), _emit_image)
 
     def forward(
         self,
@@ -364,12 +446,11 @@ class SongUNet(_UNetBase):
             emb = emb + self.map_label(class_labels * math.sqrt(self.map_label.in_features))
         if self.map_augment is not None and augment_labels is not None:
             emb = emb + self.map_augment(augment_labels)
-        emb = F.silu(self.map_layer0(emb))
-        emb = F.silu(self.map_layer1(emb))
-        return self._run_unet(x, emb)
+        emb = F.silu(self.map_layer1(F.silu(self.map_layer0(emb))))
+        return self._walk(x, emb)
 
 
-class DhariwalUNet(_UNetBase):
+class DhariwalUNet(_SkipUNet):
     """ADM backbone of Dhariwal & Nichol (the EDM ImageNet-64 network)."""
 
     def __init__(
@@ -390,42 +471,45 @@ class DhariwalUNet(_UNetBase):
         super().__init__()
         self.img_resolution = img_resolution
         self.label_dropout = label_dropout
-        emb_channels = model_channels * channel_mult_emb
-        block = dict(emb_channels=emb_channels, channels_per_head=64, dropout=dropout)
+        emb_width = model_channels * channel_mult_emb
+
+        def block(width_in: int, width_out: int, **kind: Any) -> UNetBlock:
+            return UNetBlock(width_in, width_out, emb_channels=emb_width, channels_per_head=64, dropout=dropout, **kind)
 
         self.map_noise = PositionalEmbedding(model_channels)
         self.map_augment = Linear(augment_dim, model_channels, bias=False) if augment_dim else None
-        self.map_layer0 = Linear(model_channels, emb_channels)
-        self.map_layer1 = Linear(emb_channels, emb_channels)
-        self.map_label = Linear(label_dim, emb_channels, bias=False, init_mode="kaiming_normal") if label_dim else None
+        self.map_layer0 = Linear(model_channels, emb_width)
+        self.map_layer1 = Linear(emb_width, emb_width)
+        self.map_label = Linear(label_dim, emb_width, bias=False, init_mode="kaiming_normal") if label_dim else None
 
+        widths = [model_channels * m for m in channel_mult]
+        deepest = len(widths) - 1
         self.enc = nn.ModuleDict()
-        cout = in_channels
-        for level, mult in enumerate(channel_mult):
-            res = img_resolution >> level
+        width = widths[0]
+        for level, level_width in enumerate(widths):
+            tag, attention = _tag(img_resolution >> level), (img_resolution >> level) in attn_resolutions
             if level == 0:
-                cin, cout = cout, model_channels * mult
-                self.enc[f"{res}x{res}_conv"] = Conv2d(cin, cout, kernel=3)
+                self._encoder(f"{tag}_conv", Conv2d(in_channels, width, kernel=3))
             else:
-                self.enc[f"{res}x{res}_down"] = UNetBlock(cout, cout, down=True, **block)
-            for idx in range(num_blocks):
-                cin, cout = cout, model_channels * mult
-                self.enc[f"{res}x{res}_block{idx}"] = UNetBlock(cin, cout, attention=res in attn_resolutions, **block)
-        skips = [m.out_channels for m in self.enc.values()]
+                self._encoder(f"{tag}_down", block(width, width, down=True))
+            for i in range(num_blocks):
+                self._encoder(f"{tag}_block{i}", block(width, level_width, attention=attention))
+                width = level_width
 
+        skip_widths = self._pushed_channels()
         self.dec = nn.ModuleDict()
-        for level, mult in reversed(list(enumerate(channel_mult))):
-            res = img_resolution >> level
-            if level == len(channel_mult) - 1:
-                self.dec[f"{res}x{res}_in0"] = UNetBlock(cout, cout, attention=True, **block)
-                self.dec[f"{res}x{res}_in1"] = UNetBlock(cout, cout, **block)
+        for level in range(deepest, -1, -1):
+            tag, attention = _tag(img_resolution >> level), (img_resolution >> level) in attn_resolutions
+            if level == deepest:
+                self._decoder(f"{tag}_in0", block(width, width, attention=True))
+                self._decoder(f"{tag}_in1", block(width, width))
             else:
-                self.dec[f"{res}x{res}_up"] = UNetBlock(cout, cout, up=True, **block)
-            for idx in range(num_blocks + 1):
-                cin, cout = cout + skips.pop(), model_channels * mult
-                self.dec[f"{res}x{res}_block{idx}"] = UNetBlock(cin, cout, attention=res in attn_resolutions, **block)
-        self.out_norm = GroupNorm(cout)
-        self.out_conv = Conv2d(cout, out_channels, kernel=3)
+                self._decoder(f"{tag}_up", block(width, width, up=True))
+            for i in range(num_blocks + 1):  # every block of a level attends where the level does
+                self._decoder(f"{tag}_block{i}", block(width + skip_widths.pop(), widths[level], attention=attention))
+                width = widths[level]
+        self.out_norm = GroupNorm(width)
+        self.out_conv = Conv2d(width, out_channels, kernel=3)
 
     def forward(
         self,
@@ -437,15 +521,13 @@ class DhariwalUNet(_UNetBase):
         emb = self.map_noise(noise_labels)
         if self.map_augment is not None and augment_labels is not None:
             emb = emb + self.map_augment(augment_labels)
-        emb = F.silu(self.map_layer0(emb))
-        emb = self.map_layer1(emb)
+        emb = self.map_layer1(F.silu(self.map_layer0(emb)))
         if self.map_label is not None:
             if class_labels is None:
                 raise ValueError("this network is class-conditional: pass class_labels")
             emb = emb + self.map_label(class_labels)
-        emb = F.silu(emb)
-        x = self._run_unet(x, emb)
-        return self.out_conv(F.silu(self.out_norm(x)))
+        features = self._walk(x, F.silu(emb))
+        return self.out_conv(F.silu(self.out_norm(features)))
 
 
 def edm_precondition(
@@ -469,7 +551,7 @@ def edm_precondition(
     return x, sigma, class_labels, (c_skip, c_out, c_in)
 
 
-MODEL_TYPES: dict[str, type[_UNetBase]] = {"SongUNet": SongUNet, "DhariwalUNet": DhariwalUNet}
+MODEL_TYPES: dict[str, type[_SkipUNet]] = {"SongUNet": SongUNet, "DhariwalUNet": DhariwalUNet}
 
 
 class EDMPrecond(nn.Module):
