@@ -323,8 +323,16 @@ class ScheduleEntry:
                 f"schedule {self.label}: solver.sigmas do not follow from sigma_min {self.sigma_min:g}, sigma_max "
                 f"{self.sigma_max:g} and time_exponent {self.time_exponent:g}; edit both together, or drop one"
             )
-        if self.sigmas is not None and len(self.sigmas) < 2:
-            raise ScheduleFileError(f"schedule {self.label}: solver.sigmas needs at least 2 entries")
+        from .solvers import get_solver  # the NFE bookkeeping (imports torch: a recipe is for sampling)
+
+        try:
+            steps_needed = get_solver(self.solver).steps_for_nfe(self.nfe) + 1
+        except ValueError as e:
+            raise ScheduleFileError(f"schedule {self.label}: {e}") from None
+        if self.sigmas is not None and len(self.sigmas) != steps_needed:
+            raise ScheduleFileError(f"schedule {self.label}: solver.sigmas has {len(self.sigmas)} entries but "
+                                    f"{self.solver} at NFE {self.nfe} takes {steps_needed - 1} steps: it needs "
+                                    f"{steps_needed}")
         try:
             return SamplingRecipe(solver=self.solver, nfe=self.nfe, solver_params=params, steps=steps,
                                   guidance=guidance, guide_tuned=guide_tuned, guide_sha256=guide_sha256)

@@ -247,3 +247,18 @@ def test_the_corrupt_database_really_is(work: Path) -> None:
         with sqlite3.connect(work / "corrupt.db") as conn:
             conn.execute("SELECT * FROM trials").fetchall()
             conn.execute("PRAGMA integrity_check").fetchall()
+
+
+def test_dashboard_on_a_port_in_use(work: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One line, and no "Listening on …" before it: the port is bound before anything is said."""
+    import socket
+
+    monkeypatch.chdir(work)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = runner.invoke(app, ["dashboard", "--storage", DB, "--port", str(port)])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert lines == [f"error: port {port} on 127.0.0.1 is in use; give another --port"], result.output

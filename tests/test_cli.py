@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 import pytest
@@ -92,3 +94,73 @@ def test_the_fid_change_shows_at_80_columns() -> None:
     wide = Console(width=120, record=True)
     wide.print(study_table(rows, width=120))
     assert "pruned" in wide.export_text()  # nothing dropped when there is room
+
+
+def test_80_columns_keep_the_counts_and_every_digit() -> None:
+    """At 80 columns `status` keeps the pruned and failed counts the README promises, and the
+    confirmed table wraps intervals onto a second line rather than cutting a number ("124.…")."""
+    import dataclasses
+
+    from rich.console import Console
+
+    from skipsearch.cli._output import confirmed_tables, study_table
+    from skipsearch.search._confirm import Confirmation, ConfirmedRow
+
+    rows = [ConfirmedRow(12, "search", {}, None, None, 118.25, 124.53, (120.11, 130.22), None, 0.451, (0.402, 0.498)),
+            ConfirmedRow(0, "baseline", {}, None, None, 214.09, 226.80, (219.37, 233.12), None)]
+    confirmation = Confirmation("edm-imagenet-64x64-cond-adm/dpmpp_2m/nfe10", (100_000_000, 100_003_999), 4000, 200,
+                                2, rows, settled=True)
+    summary = dataclasses.replace(_summary("edm-imagenet-64x64-cond-adm/dpmpp_2m/nfe10", 24.09, 13.30, 4.6),
+                                  confirmation=confirmation)
+    for width in (60, 80, 120):
+        console = Console(width=width, record=True, force_terminal=False)
+        console.print(study_table([summary], width=width))
+        for table in confirmed_tables([summary], width=width):
+            console.print(table)
+        text = console.export_text()
+        assert max(len(line) for line in text.splitlines()) <= width, text
+        assert "…" not in text, text
+        for number in ("124.53", "120.11", "130.22", "226.80", "−45.1%"):
+            assert number in text, (number, text)
+        if width >= 80:
+            assert "pruned" in text and "failed" in text, text
+
+
+HEAVY = ("torch", "torchvision", "torch_fidelity", "optuna")
+_PROBE = """
+import resource, sys
+sys.argv = ["skipsearch", *{args!r}]
+from skipsearch.entry import main
+try:
+    main()
+except SystemExit as e:
+    code = e.code
+else:
+    code = 0
+usage = resource.getrusage(resource.RUSAGE_SELF)
+heavy = sorted({{m.split('.')[0] for m in sys.modules}} & set({heavy!r}))
+print("PROBE", code, usage.ru_utime + usage.ru_stime, ",".join(heavy), file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize("args", [["--help"], ["launch", "--help"], ["presets"], ["validate", "{good}"],
+                                  ["validate", "missing.json"], ["lunch"], ["status", "--colour"]],
+                         ids=["help", "launch-help", "presets", "validate", "validate-missing", "unknown-command",
+                              "unknown-option"])
+def test_the_light_commands_import_no_torch_or_optuna(args: list[str], tmp_path: Path) -> None:
+    """`--help`, `presets`, `validate` and one-line usage errors cost well under a second of CPU:
+    none of them imports torch, torchvision, torch-fidelity or Optuna."""
+    import subprocess
+    import sys
+
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps({"format": "skipsearch.schedules/v1.1", "created": "2026-12-01T00:00:00Z",
+                                "schedules": []}))
+    args = [a.format(good=good) for a in args]
+    probe = subprocess.run([sys.executable, "-c", _PROBE.format(args=args, heavy=HEAVY)], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "80"})
+    line = next(line for line in probe.stderr.splitlines() if line.startswith("PROBE"))
+    _, code, cpu, heavy = (line.split(" ") + [""])[:4]
+    assert heavy == "", f"{args} imported {heavy}"
+    assert float(cpu) < 1.0, f"{args} took {cpu} s of CPU"
+    assert code in ("0", "2", "None"), probe.stderr

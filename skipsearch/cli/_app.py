@@ -9,6 +9,7 @@ stopped the work (`Interrupted`) ends as one yellow line saying what became of i
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 import typer
@@ -73,10 +74,11 @@ class _ErrorBoundary(TyperGroup):
         except RecursionError:
             raise fail("input nested too deeply to read") from None
         except Exception as e:
-            from ..search.storage import DATABASE_ERRORS, describe_database_error
+            if "sqlalchemy" in sys.modules:  # a database error needs a database layer that was imported
+                from ..search.storage import DATABASE_ERRORS, describe_database_error
 
-            if isinstance(e, DATABASE_ERRORS):
-                raise fail(describe_database_error(e)) from None
+                if isinstance(e, DATABASE_ERRORS):
+                    raise fail(describe_database_error(e)) from None
             raise
 
 

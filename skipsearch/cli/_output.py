@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from rich import box
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.measure import Measurement
@@ -75,9 +76,16 @@ def _change_cell(s: StudySummary) -> Text:
     return Text(text, style="green" if s.change < 0 else "")
 
 
-# Columns in the order they are dropped when the terminal is narrow: the FID change is the headline.
+def _study_cell(s: StudySummary, split: bool = False) -> Text:
+    """The study's name (on two lines, model / solver and NFE, where width is short), then `done`."""
+    name = s.name.replace("/", "/\n", 1) if split else s.name
+    return Text(name) + Text("  done", style="dim") if s.done else Text(name)
+
+
+# Columns in the order they are dropped when the terminal is too narrow for all of them even in the
+# compact layout: the FID change is the headline.
 _COLUMNS: list[tuple[str, str, Callable[[StudySummary], RenderableType]]] = [
-    ("study", "left", lambda s: Text(s.name) + Text("  done", style="dim") if s.done else Text(s.name)),
+    ("study", "left", _study_cell),
     ("FID change", "right", _change_cell),
     ("best", "right", lambda s: fmt(s.best)),
     ("baseline", "right", lambda s: fmt(s.baseline)),
@@ -86,35 +94,46 @@ _COLUMNS: list[tuple[str, str, Callable[[StudySummary], RenderableType]]] = [
     ("pruned", "right", lambda s: str(s.pruned)),
     ("failed", "right", lambda s: str(s.failed)),
 ]
-_DROP_ORDER = ["failed", "pruned", "run", "baseline", "trials", "best"]
+_DROP_ORDER = ["run", "baseline", "failed", "pruned", "trials", "best"]
 
 
-def _build(summaries: Sequence[StudySummary], columns: list, title: str | None, study_width: int | None) -> Table:
-    table = Table(title=title, title_justify="left")
+def _build(summaries: Sequence[StudySummary], columns: list, title: str | None, *, compact: bool = False,
+           split: bool = False, study_width: int | None = None) -> Table:
+    table = Table(title=title, title_justify="left",
+                  **(dict(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=0) if compact else {}))
     for name, justify, _ in columns:
         table.add_column(name, justify=justify, no_wrap=True, overflow="ellipsis",  # type: ignore[arg-type]
                          max_width=study_width if name == "study" else None)
     for s in summaries:
-        table.add_row(*(cell(s) for _, _, cell in columns))
+        table.add_row(*((_study_cell(s, split) if name == "study" else cell(s)) for name, _, cell in columns))
     return table
 
 
+def _width(table: Table) -> int:
+    return Measurement.get(console, console.options.update(width=10_000), table).maximum
+
+
 def study_table(summaries: Sequence[StudySummary], title: str | None = None, width: int | None = None) -> Table:
-    """The studies' table: the least important columns go first when the terminal is narrow, the
-    study name is shortened last, and the FID change always shows."""
+    """The studies' table at any width: the full table; else a compact one (no side borders), with
+    long study names on two lines; only then are the least important columns dropped, and the study
+    name shortened last. The FID change always shows."""
     width = width or console.width
+    for compact, split in ((False, False), (True, False), (True, True)):
+        table = _build(summaries, _COLUMNS, title, compact=compact, split=split)
+        if _width(table) <= width:
+            return table
     columns = list(_COLUMNS)
     while True:
-        table = _build(summaries, columns, title, None)
-        needed = Measurement.get(console, console.options.update(width=10_000), table).maximum
+        table = _build(summaries, columns, title, compact=True, split=True)
+        needed = _width(table)
         if needed <= width:
             return table
         droppable = [c for c in columns if c[0] in _DROP_ORDER]
         if not droppable:
             break
         columns.remove(min(droppable, key=lambda c: _DROP_ORDER.index(c[0])))
-    longest = max([len("study")] + [len(s.name) + (6 if s.done else 0) for s in summaries])
-    return _build(summaries, columns, title, max(8, longest - (needed - width)))
+    longest = max([len("study")] + [len(line) for s in summaries for line in _study_cell(s, True).plain.splitlines()])
+    return _build(summaries, columns, title, compact=True, split=True, study_width=max(8, longest - (needed - width)))
 
 
 def _interval(pair: tuple[float, float] | None, spec: str = ".2f") -> str:
@@ -128,25 +147,39 @@ def _change_interval(pair: tuple[float, float] | None) -> str:
     return f" [{format_change(-pair[1])}, {format_change(-pair[0])}]"
 
 
+def _confirmed_table(s: StudySummary, layout: int) -> Table:
+    """layout 0: one line per schedule; 1: intervals on a second line; 2: that, without side borders."""
+    c = s.confirmation
+    assert c is not None
+    state = "" if c.done else f", {len(c.rows)}/{c.jobs} done"
+    compact = dict(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1, 0, 0)) if layout == 2 else {}
+    table = Table(title=f"{s.name}: confirmed on held-out seeds {c.seeds[0]}..{c.seeds[1]} ({c.samples} samples{state})",
+                  title_justify="left", **compact)
+    gap = "\n" if layout else " "
+    for column, justify in (("schedule", "left"), ("search", "right"), ("held-out FID [95%]", "right"),
+                            ("FID change [95%]", "right")):
+        table.add_column(column, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    for r in c.rows:
+        change = "—" if r.gain is None else format_change(-r.gain) + gap + _change_interval(r.gain_interval).lstrip()
+        style = "" if r.significant is None else ("green" if r.significant and (r.gain or 0) > 0 else "yellow")
+        table.add_row(f"trial {r.source_trial}{gap}({r.kind})", fmt(r.search_value),
+                      fmt(r.value) + gap + _interval(r.interval).lstrip(), Text(change.rstrip(), style=style))
+    return table
+
+
 def confirmed_tables(summaries: Sequence[StudySummary], width: int | None = None) -> list[Table]:
     """Per confirmed study: the baseline and the re-scored schedules on held-out seeds, with 95%
-    bootstrap intervals (the gain's paired over samples)."""
+    bootstrap intervals (the gain's paired over samples). Where a line would not fit, the intervals
+    go on a second line of each row: numbers are never cut."""
+    width = width or console.width
     tables = []
     for s in summaries:
-        c = s.confirmation
-        if c is None or not c.rows:
+        if s.confirmation is None or not s.confirmation.rows:
             continue
-        state = "" if c.done else f", {len(c.rows)}/{c.jobs} done"
-        table = Table(title=f"{s.name}: confirmed on held-out seeds {c.seeds[0]}..{c.seeds[1]} ({c.samples} samples{state})",
-                      title_justify="left")
-        for column, justify in (("schedule", "left"), ("search", "right"), ("held-out FID [95%]", "right"),
-                                ("FID change [95%]", "right")):
-            table.add_column(column, justify=justify, no_wrap=True)  # type: ignore[arg-type]
-        for r in c.rows:
-            change = "—" if r.gain is None else format_change(-r.gain) + _change_interval(r.gain_interval)
-            style = "" if r.significant is None else ("green" if r.significant and (r.gain or 0) > 0 else "yellow")
-            table.add_row(f"trial {r.source_trial} ({r.kind})", fmt(r.search_value), fmt(r.value) + _interval(r.interval),
-                          Text(change, style=style))
+        for layout in range(3):
+            table = _confirmed_table(s, layout)
+            if _width(table) <= width:
+                break
         tables.append(table)
     return tables
 
