@@ -12,7 +12,9 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import replace
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
+
+from typing_extensions import Unpack
 
 import torch
 from torch import nn
@@ -24,7 +26,7 @@ from .schedule import SkipSchedule
 from .skiptune import skip_tuned
 from .solvers import get_solver, solve
 
-__all__ = ["sample", "iter_samples", "sample_batches", "recipe_for", "seed_latents", "to_uint8", "make_sigmas", "recipe_sigmas", "recipe_sigma_list",
+__all__ = ["sample", "iter_samples", "SampleOptions", "sample_batches", "recipe_for", "seed_latents", "to_uint8", "make_sigmas", "recipe_sigmas", "recipe_sigma_list",
            "net_sigma_range", "Precision", "PRECISIONS", "resolve_precision"]
 
 Precision = Literal["fp32", "bf16", "fp16"]
@@ -212,6 +214,34 @@ def sample_batches(
     return _draw(net, seeds, recipe, schedule, guide_schedule, torch.device(device), class_labels)
 
 
+class SampleOptions(TypedDict, total=False):
+    """The keyword arguments of `sample` and `iter_samples`, written once.
+
+    `schedule` is a SkipSchedule, or an exported schedule entry: then the entry's recorded recipe
+    (solver, NFE, σ steps, solver parameters, guidance) is used unless `recipe` is given, and the
+    other keywords override single fields of it. `sigmas` overrides the time steps (its length must
+    match the NFE). `guide`, `guidance` g: the guided denoiser D_guide + g·(D_net − D_guide)
+    (EDM2's autoguidance; g = 1 is the main network alone); the schedule applies to the main
+    network, `guide_schedule` (if any) to the guide. `class_labels`: None draws them per seed as
+    EDM does; an int fixes one class; a sequence gives one class per seed.
+    """
+
+    solver: str
+    nfe: int
+    schedule: ScheduleLike
+    recipe: SamplingRecipe
+    batch_size: int
+    device: str | torch.device
+    class_labels: int | Sequence[int] | torch.Tensor
+    sigmas: torch.Tensor | Sequence[float]
+    time_exponent: float
+    precision: str
+    channels_last: bool
+    guide: nn.Module
+    guidance: float
+    guide_schedule: SkipSchedule
+
+
 def recipe_for(
     schedule: ScheduleLike, recipe: SamplingRecipe | None, solver: str | None, nfe: int | None, **given: Any,
 ) -> tuple[SkipSchedule | None, SamplingRecipe]:
@@ -237,72 +267,33 @@ def recipe_for(
     return schedule, base.with_(steps=steps, **changes)
 
 
-def iter_samples(
-    net: nn.Module,
-    seeds: Sequence[int],
-    *,
-    solver: str | None = None,
-    nfe: int | None = None,
-    schedule: ScheduleLike = None,
-    batch_size: int | None = None,
-    device: str | torch.device = "cpu",
-    class_labels: int | Sequence[int] | torch.Tensor | None = None,
-    sigmas: torch.Tensor | Sequence[float] | None = None,
-    time_exponent: float | None = None,
-    precision: str | None = None,
-    channels_last: bool | None = None,
-    guide: nn.Module | None = None,
-    guidance: float | None = None,
-    guide_schedule: SkipSchedule | None = None,
-    recipe: SamplingRecipe | None = None,
-) -> Iterator[tuple[Sequence[int], torch.Tensor]]:
-    """Yield (seeds, x) batch by batch; x is the solver's final float64 output, unclipped.
+_RECIPE_FIELDS = ("batch_size", "sigmas", "time_exponent", "precision", "channels_last", "guidance")
 
-    `schedule` is a SkipSchedule, or an exported schedule entry: then the entry's recorded recipe
-    (solver, NFE, σ steps, solver parameters, guidance) is used unless `recipe` is given, and the
-    keyword arguments override single fields. `sigmas` overrides the time steps (its length must
-    match the NFE). `guide`, `guidance` g: the guided denoiser D_guide + g·(D_net − D_guide)
-    (EDM2's autoguidance; g = 1 is the main network alone); the schedule applies to the main
-    network, `guide_schedule` (if any) to the guide.
-    """
-    schedule, chosen = recipe_for(schedule, recipe, solver, nfe, batch_size=batch_size, sigmas=sigmas,
-                                  time_exponent=time_exponent, precision=precision, channels_last=channels_last,
-                                  guidance=guidance)
-    if guide is not None:
-        chosen = chosen.with_networks(guide=guide)
+
+def iter_samples(net: nn.Module, seeds: Sequence[int], **options: Unpack[SampleOptions]
+                 ) -> Iterator[tuple[Sequence[int], torch.Tensor]]:
+    """Yield (seeds, x) batch by batch; x is the solver's final float64 output, unclipped.
+    Keyword arguments: `SampleOptions`."""
+    unknown = sorted(set(options) - set(SampleOptions.__annotations__))
+    if unknown:
+        raise TypeError(f"iter_samples() got an unexpected keyword argument {unknown[0]!r}")
+    opts: dict[str, Any] = dict(options)
+    schedule, chosen = recipe_for(opts.get("schedule"), opts.get("recipe"), opts.get("solver"), opts.get("nfe"),
+                                  **{k: opts.get(k) for k in _RECIPE_FIELDS})
+    if opts.get("guide") is not None:
+        chosen = chosen.with_networks(guide=opts["guide"])
+    guide_schedule = opts.get("guide_schedule")
     if guide_schedule is None and chosen.guide_tuned:
         guide_schedule = schedule
-    return _draw(net, seeds, chosen.with_(guide_tuned=False), schedule, guide_schedule, torch.device(device),
-                 class_labels)
+    return _draw(net, seeds, chosen.with_(guide_tuned=False), schedule, guide_schedule,
+                 torch.device(opts.get("device", "cpu")), opts.get("class_labels"))
 
 
-def sample(
-    net: nn.Module,
-    seeds: Sequence[int],
-    *,
-    solver: str | None = None,
-    nfe: int | None = None,
-    schedule: ScheduleLike = None,
-    batch_size: int | None = None,
-    device: str | torch.device = "cpu",
-    class_labels: int | Sequence[int] | torch.Tensor | None = None,
-    sigmas: torch.Tensor | Sequence[float] | None = None,
-    time_exponent: float | None = None,
-    precision: str | None = None,
-    channels_last: bool | None = None,
-    guide: nn.Module | None = None,
-    guidance: float | None = None,
-    guide_schedule: SkipSchedule | None = None,
-    recipe: SamplingRecipe | None = None,
-) -> torch.Tensor:
+def sample(net: nn.Module, seeds: Sequence[int], **options: Unpack[SampleOptions]) -> torch.Tensor:
     """All samples for `seeds` as one float64 tensor [N,C,H,W] in data space (nominally [-1, 1]).
 
-    Arguments as `iter_samples`: `sample(net, seeds, schedule=doc.entry(...))` samples exactly as
-    the search that chose the entry did.
+    Keyword arguments: `SampleOptions` — `sample(net, seeds, solver="heun", nfe=19, schedule=sched)`,
+    or `sample(net, seeds, schedule=doc.entry(...))` to sample exactly as the search that chose the
+    entry did.
     """
-    batches = iter_samples(
-        net, seeds, solver=solver, nfe=nfe, schedule=schedule, batch_size=batch_size, device=device,
-        class_labels=class_labels, sigmas=sigmas, time_exponent=time_exponent, precision=precision,
-        channels_last=channels_last, guide=guide, guidance=guidance, guide_schedule=guide_schedule, recipe=recipe,
-    )
-    return torch.cat([x for _, x in batches])
+    return torch.cat([x for _, x in iter_samples(net, seeds, **options)])

@@ -14,11 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from typing_extensions import Unpack
+
 import torch
 from torch import nn
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 
-from .errors import MetricError, NonFiniteSamples, ScheduleFileError
+from .errors import MetricError, NonFiniteSamples, ScheduleFileError, UsageError
 from .metrics import (
     FrechetToReference,
     ReferenceStats,
@@ -35,7 +37,7 @@ from .metrics import (
 )
 from .models.builtin import builtin_info
 from .recipe import SamplingRecipe
-from .sampling import recipe_for
+from .sampling import SampleOptions, recipe_for
 from .sampling import sample_batches, to_uint8
 from .schedule import SkipSchedule
 from .schedule_file import ScheduleEntry
@@ -49,6 +51,7 @@ __all__ = [
     "Confirmed",
     "score",
     "score_steps",
+    "ScoreOptions",
     "resolve_metric_defaults",
     "make_scorer",
     "build_reference",
@@ -259,50 +262,53 @@ def make_scorer(
     return ProxyFID(features, ref, device=device, weights_path=features_weights, extra=extra)
 
 
-def score_steps(
-    net: nn.Module,
-    seeds: Sequence[int],
-    *,
-    solver: str | None = None,
-    nfe: int | None = None,
-    schedule: Any = None,
-    features: str | None = None,
-    reference: str | Path | ReferenceStats | None = None,
-    steps: Sequence[int] | None = None,
-    batch_size: int = 250,
-    device: str | torch.device = "cpu",
-    precision: str | None = None,
-    features_weights: str | None = None,
-    recipe: SamplingRecipe | None = None,
-) -> list[tuple[int, float]]:
+class ScoreOptions(SampleOptions, total=False):
+    """The keyword arguments of `score` and `score_steps`: how to sample (`SampleOptions`; the
+    batch size defaults to 250 here) and how to score: `features` and `reference` (a built-in
+    network's own by default), `features_weights` (a local weights file), `steps` (sample counts at
+    which `score_steps` reports)."""
+
+    features: str
+    reference: str | Path | ReferenceStats
+    features_weights: str
+    steps: Sequence[int]
+
+
+_SCORE_ONLY = ("features", "reference", "features_weights", "steps")
+
+
+def score_steps(net: nn.Module, seeds: Sequence[int], **options: Unpack[ScoreOptions]) -> list[tuple[int, float]]:
     """Proxy FID after the first n samples for each n in `steps` (and for all of `seeds`).
 
-    `schedule` may be an exported entry: its recorded recipe is used (see `sampling.sample`).
-    """
-    schedule, chosen = recipe_for(schedule, recipe, solver, nfe, batch_size=batch_size, precision=precision)
-    scorer = make_scorer(net, features, reference, device=device, features_weights=features_weights)
-    return list(scorer.iter_fid(net, seeds, chosen, schedule, steps=steps))
+    `schedule` may be an exported entry: its recorded recipe is used (see `sampling.sample`)."""
+    unknown = sorted(set(options) - set(ScoreOptions.__annotations__))
+    if unknown:
+        raise TypeError(f"score() got an unexpected keyword argument {unknown[0]!r}")
+    opts: dict[str, Any] = dict(options)
+    device = opts.get("device", "cpu")
+    sampling = {k: v for k, v in opts.items() if k not in (*_SCORE_ONLY, "device", "class_labels", "guide",
+                                                             "guide_schedule", "schedule", "recipe", "solver", "nfe")}
+    sampling.setdefault("batch_size", 250)
+    schedule, recipe = recipe_for(opts.get("schedule"), opts.get("recipe"), opts.get("solver"), opts.get("nfe"),
+                                  **sampling)
+    if opts.get("guide") is not None:
+        recipe = recipe.with_networks(guide=opts["guide"])
+    if opts.get("guide_schedule") is not None:
+        if opts["guide_schedule"] != schedule:
+            raise UsageError("score tunes the guide with the schedule itself or not at all: guide_schedule must be "
+                             "the schedule, or absent")
+        recipe = recipe.with_(guide_tuned=True)
+    if opts.get("class_labels") is not None:
+        raise UsageError("score draws each seed's class label as EDM does; fixed class_labels are for sample()")
+    scorer = make_scorer(net, opts.get("features"), opts.get("reference"), device=device,
+                         features_weights=opts.get("features_weights"))
+    return list(scorer.iter_fid(net, seeds, recipe, schedule, steps=opts.get("steps")))
 
 
-def score(
-    net: nn.Module,
-    seeds: Sequence[int],
-    *,
-    solver: str | None = None,
-    nfe: int | None = None,
-    schedule: Any = None,
-    features: str | None = None,
-    reference: str | Path | ReferenceStats | None = None,
-    batch_size: int = 250,
-    device: str | torch.device = "cpu",
-    precision: str | None = None,
-    features_weights: str | None = None,
-    recipe: SamplingRecipe | None = None,
-) -> float:
-    """Proxy FID of `net` sampled with `solver` at `nfe` (built-ins use their own features/reference)."""
-    return score_steps(net, seeds, solver=solver, nfe=nfe, schedule=schedule, features=features, reference=reference,
-                       batch_size=batch_size, device=device, precision=precision,
-                       features_weights=features_weights, recipe=recipe)[-1][1]
+def score(net: nn.Module, seeds: Sequence[int], **options: Unpack[ScoreOptions]) -> float:
+    """Proxy FID of `net` sampled with `solver` at `nfe` (built-ins use their own features/reference);
+    keyword arguments: `ScoreOptions`."""
+    return score_steps(net, seeds, **options)[-1][1]
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,9 @@ def test_compose_services_use_real_commands_and_variables() -> None:
     [gpus] = worker["deploy"]["resources"]["reservations"]["devices"]
     assert gpus["count"] == "all" and "gpu" in gpus["capabilities"]
     assert "--no-workers" in ours["create"]["command"]
+    dashboard = ours["dashboard"]  # read-only, and reachable from this host only (SSH tunnel or proxy)
+    assert "--allow-writes" not in dashboard["command"]
+    assert all(str(p).startswith("127.0.0.1:") for p in dashboard["ports"]), dashboard["ports"]
 
 
 def test_kubernetes_jobs() -> None:
