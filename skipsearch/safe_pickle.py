@@ -184,6 +184,27 @@ class RestrictedUnpickler(pickle._Unpickler):  # the Python unpickler: its BUILD
             return read(n)
 
         self._file_read = bounded_read
+        self._file = file
+        self._size = size
+
+    def _left(self) -> int:
+        """Bytes the pickle still holds: in the current frame, else in the file."""
+        frame = getattr(getattr(self, "_unframer", None), "current_frame", None)
+        if frame is not None:
+            return len(frame.getbuffer()) - frame.tell()
+        return self._size - self._file.tell()
+
+    def load_bytearray8(self) -> None:
+        """As pickle's, but the length is checked against the file before the buffer is allocated."""
+        (length,) = struct.unpack("<Q", self.read(8))
+        if length > self._left():
+            raise pickle.UnpicklingError(f"a bytearray declares {length:,} bytes but only {max(self._left(), 0):,} "
+                                         "remain")
+        buffer = bytearray(length)
+        self.readinto(buffer)
+        self.append(buffer)
+
+    dispatch[pickle.BYTEARRAY8[0]] = load_bytearray8
 
     def load_build(self) -> None:
         target = self.stack[-2] if len(self.stack) >= 2 else None  # [..., object, state]

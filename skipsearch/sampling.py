@@ -139,6 +139,11 @@ def _labels_for(
     return torch.eye(label_dim, device=drawn.device)[idx.to(drawn.device)]
 
 
+def _bare(schedule: SkipSchedule | None) -> SkipSchedule | None:
+    """The coefficients alone: the guide is another checkpoint than the one a schedule names."""
+    return None if schedule is None else SkipSchedule(schedule.rho, schedule.sigma_range)
+
+
 def _draw(
     net: nn.Module,
     seeds: Sequence[int],
@@ -167,7 +172,7 @@ def _draw(
 
     seeds = list(seeds)
     with (torch.inference_mode(), skip_tuned(net, schedule), _native_fp16(net, precision, device) as native,
-          skip_tuned(guide, guide_schedule) if guide is not None else nullcontext(),
+          skip_tuned(guide, _bare(guide_schedule)) if guide is not None else nullcontext(),
           _native_fp16(guide, precision, device) if guide is not None else nullcontext()):
         for start in range(0, len(seeds), recipe.batch_size):
             batch = seeds[start : start + recipe.batch_size]

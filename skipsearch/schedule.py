@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .errors import ScheduleError
 
-__all__ = ["SkipSite", "SkipSchedule", "linear_rho", "ScheduleError"]
+__all__ = ["SkipSite", "SkipSchedule", "ScheduleOrigin", "linear_rho", "ScheduleError", "MAX_RHO"]
+
+MAX_RHO = 10.0  # ten times a skip: far past anything useful; larger is a mistake (or a forged file)
 
 
 @dataclass(frozen=True)
@@ -59,13 +61,28 @@ def _check_sigma_range(sigma_range: Sequence[float] | None) -> tuple[float, floa
 
 
 @dataclass(frozen=True)
+class ScheduleOrigin:
+    """Which network a schedule was exported for: a consumer refuses to apply it to another one."""
+
+    label: str  # model/solver/nfeN, for messages
+    model_name: str
+    model_sha256: str | None = None
+    sites: tuple[tuple[int | None, int], ...] | None = None  # per site: (resolution, channels)
+
+
+@dataclass(frozen=True)
 class SkipSchedule:
-    """K skip coefficients, optionally active only for σ in [σ_lo, σ_hi] (ρ = 1 outside)."""
+    """K skip coefficients, optionally active only for σ in [σ_lo, σ_hi] (ρ = 1 outside).
+
+    `origin` (a schedule read from an export) names the network it was searched on; it takes no
+    part in comparisons."""
 
     rho: tuple[float, ...]
     sigma_range: tuple[float, float] | None = None
+    origin: ScheduleOrigin | None = field(default=None, compare=False, repr=False)
 
-    def __init__(self, rho: Iterable[float], sigma_range: Sequence[float] | None = None) -> None:
+    def __init__(self, rho: Iterable[float], sigma_range: Sequence[float] | None = None,
+                 origin: ScheduleOrigin | None = None) -> None:
         try:
             values = tuple(float(r) for r in rho)
         except (TypeError, ValueError):
@@ -73,10 +90,12 @@ class SkipSchedule:
         if not values:
             raise ScheduleError("rho is empty: a schedule needs one coefficient per skip site")
         for i, r in enumerate(values):
-            if not math.isfinite(r) or r <= 0:
-                raise ScheduleError(f"rho[{i}] = {r} is invalid: coefficients must be finite and positive")
+            if not math.isfinite(r) or not 0 < r <= MAX_RHO:
+                raise ScheduleError(f"rho[{i}] = {r:g} is invalid: coefficients must be finite and positive, at most "
+                                    f"{MAX_RHO:g}")
         object.__setattr__(self, "rho", values)
         object.__setattr__(self, "sigma_range", _check_sigma_range(sigma_range))
+        object.__setattr__(self, "origin", origin)
 
     @classmethod
     def linear(

@@ -27,7 +27,7 @@ from .errors import ScheduleFileError
 from .fileio import atomic_write
 from .recipe import SamplingRecipe
 from .steps import EDM_SIGMA_MAX, EDM_SIGMA_MIN, EDM_TIME_EXPONENT, TimeSteps
-from .schedule import SkipSchedule
+from .schedule import ScheduleOrigin, SkipSchedule
 
 __all__ = [
     "FORMAT",
@@ -203,6 +203,10 @@ def validate_document(data: Any, *, source: str | None = None) -> None:
     Order: format version, then the shipped JSON Schema, then cross-field checks per entry.
     """
     _check_format(data, source)
+    for i, entry in enumerate(data.get("schedules") or [] if isinstance(data.get("schedules"), list) else []):
+        for parts, value in _non_finite(entry):  # before the schema: "rho[0] is inf" says more than a bound
+            raise ScheduleFileError(f"{_where(source)}{_entry_label(entry, _path(('schedules', i)))}: "
+                                    f"{_path(parts, '').lstrip('.')} is {value}; every number must be finite")
     _schema_check(data, "document", "$", source)
     created = data["created"]
     try:
@@ -297,7 +301,12 @@ class ScheduleEntry:
 
     @property
     def schedule(self) -> SkipSchedule:
-        return SkipSchedule(self.rho, self.sigma_range)
+        """The coefficients, with the network they were searched on (a consumer checks it)."""
+        sites = None
+        if self.sites is not None:
+            sites = tuple((site.get("resolution"), int(site.get("channels", 0))) for site in self.sites)
+        origin = ScheduleOrigin(self.label, self.model_name, self.model_sha256, sites)
+        return SkipSchedule(self.rho, self.sigma_range, origin=origin)
 
     def recipe(self) -> SamplingRecipe:
         """How the search that chose this schedule sampled: solver and its parameters, NFE, the σ

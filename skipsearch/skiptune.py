@@ -21,7 +21,8 @@ from torch import nn
 from .errors import ScheduleError, StructureError
 from .schedule import SkipSchedule, SkipSite
 
-__all__ = ["skip_sites", "site_paths", "skip_tuned", "SkipTuning", "find_unet", "denoiser_sigma", "StructureError"]
+__all__ = ["skip_sites", "site_paths", "skip_tuned", "SkipTuning", "find_unet", "denoiser_sigma", "check_origin",
+           "IDENTITY_ATTR", "StructureError"]
 
 _RES_RE = re.compile(r"^(\d+)x(\d+)_")
 _ACTIVE_ATTR = "_skipsearch_skip_tuned"
@@ -205,16 +206,45 @@ def _make_hook(offset: int, rho: float, sigma_range: tuple[float, float] | None,
     return hook
 
 
+IDENTITY_ATTR = "skipsearch_identity"  # set by load_network: the checkpoint's name and (lazily) sha256
+
+
+def check_origin(net: nn.Module, schedule: SkipSchedule, sites: list[SkipSite]) -> None:
+    """Refuse a schedule exported for another network: other sites (count, resolution, channels),
+    or — when the network knows the checkpoint it was loaded from — another checkpoint's sha256."""
+    origin = schedule.origin
+    schedule.check_sites(len(sites))
+    if origin is None:
+        return
+    hint = "; pass check_model=False to apply it anyway"
+    if origin.sites is not None:
+        ours = tuple((s.resolution, s.channels) for s in sites)
+        for index, (theirs, mine) in enumerate(zip(origin.sites, ours, strict=True)):
+            if theirs[1] != mine[1] or (theirs[0] is not None and mine[0] is not None and theirs[0] != mine[0]):
+                raise ScheduleError(f"schedule {origin.label} was exported for another network: its site {index} "
+                                    f"is {theirs[1]} channels at {theirs[0]}, this network's {mine[1]} at {mine[0]}"
+                                    + hint)
+    identity = getattr(net, IDENTITY_ATTR, None)
+    if identity is not None and origin.model_sha256 and identity.sha256 != origin.model_sha256.lower():
+        raise ScheduleError(f"schedule {origin.label} was exported for checkpoint {origin.model_name} (sha256 "
+                            f"{origin.model_sha256[:12]}…), this network is {identity.name} ({identity.sha256[:12]}…)"
+                            + hint)
+
+
 class SkipTuning:
     """A schedule installed on a network (forward hooks); `remove()` restores the network.
 
     `net` is a denoiser (EDM, EDM2, our diffusers wrapper, or NVlabs' own objects) or a bare UNet;
-    σ windows need the denoiser's σ, or `sigma_from` to read it from another call signature.
+    σ windows need the denoiser's σ, or `sigma_from` to read it from another call signature. A
+    schedule read from an export is checked against the network first (`check_origin`).
     """
 
-    def __init__(self, net: nn.Module, schedule: SkipSchedule, sigma_from: SigmaFrom | None = None) -> None:
+    def __init__(self, net: nn.Module, schedule: SkipSchedule, sigma_from: SigmaFrom | None = None,
+                 check_model: bool = True) -> None:
         unet = find_unet(net)
         consumers = _analyze(unet)
+        if check_model:
+            check_origin(net, schedule, [c.site for c in consumers])
         schedule.check_sites(len(consumers))
         self.handles: list[Any] = []
         self.unet = unet
@@ -252,17 +282,19 @@ class SkipTuning:
 
 
 @contextmanager
-def skip_tuned(net: nn.Module, schedule: SkipSchedule | None, sigma_from: SigmaFrom | None = None) -> Iterator[nn.Module]:
+def skip_tuned(net: nn.Module, schedule: SkipSchedule | None, sigma_from: SigmaFrom | None = None, *,
+               check_model: bool = True) -> Iterator[nn.Module]:
     """Within the block, every popped skip i is multiplied by `schedule.rho[i]`.
 
     The network is restored on exit, also on error. `None` or an all-ones schedule changes nothing
-    and adds no work; ρ = 1 sites cost nothing.
+    and adds no work; ρ = 1 sites cost nothing. A schedule from an exported file is refused on a
+    network other than the one it was searched on, unless `check_model=False`.
     """
     if schedule is None:
         find_unet(net)
         yield net
         return
-    tuning = SkipTuning(net, schedule, sigma_from)
+    tuning = SkipTuning(net, schedule, sigma_from, check_model)
     try:
         yield net
     finally:

@@ -47,7 +47,7 @@ import torch
 from torch import Tensor
 
 from .errors import SolverError
-from .steps import edm_sigma_list
+from .steps import MAX_NFE, edm_sigma_list
 from .registry import Registry
 
 __all__ = [
@@ -427,6 +427,8 @@ class SolverSpec:
     def steps_for_nfe(self, nfe: int) -> int:
         if isinstance(nfe, bool) or not isinstance(nfe, numbers.Integral):
             raise SolverError(f"{self.name}: NFE must be an integer, got {nfe!r}")
+        if nfe > MAX_NFE:
+            raise SolverError(f"NFE {nfe} is more than skipsearch samples with (at most {MAX_NFE})")
         if self.valid_nfe(nfe):
             return (int(nfe) + self.nfe_saved_at_end) // self.nfe_per_step
         lowest = self.nfe_for_steps(1)

@@ -12,7 +12,9 @@ from dataclasses import dataclass
 
 from .errors import SolverError
 
-__all__ = ["EDM_SIGMA_MIN", "EDM_SIGMA_MAX", "EDM_TIME_EXPONENT", "edm_sigma_list", "TimeSteps"]
+__all__ = ["EDM_SIGMA_MIN", "EDM_SIGMA_MAX", "EDM_TIME_EXPONENT", "MAX_NFE", "edm_sigma_list", "TimeSteps"]
+
+MAX_NFE = 1000  # few-step sampling, with room to spare: a larger budget is a mistake, not a setting
 
 EDM_SIGMA_MIN = 0.002
 EDM_SIGMA_MAX = 80.0

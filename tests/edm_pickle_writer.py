@@ -226,3 +226,29 @@ def write_edm2_snapshot(
         payload = payload.replace(b"cnumpy._core.multiarray\n", b"cnumpy.core.multiarray\n")
     path.write_bytes(payload)
     return path
+
+
+def write_expanded_snapshot(net_class: type, init_kwargs: dict[str, Any], path: Path) -> Path:
+    """An EDM snapshot whose every tensor is a stride-0 view of one stored number: a few hundred kB
+    that describe a network of any size (how a hostile file hides a huge allocation)."""
+    _install_stand_ins()
+    with torch.device("meta"):
+        shaped = net_class(**init_kwargs)
+
+    def convert(module: nn.Module, kwargs: dict[str, Any] | None) -> Any:
+        state = {k: v for k, v in module.__dict__.items() if not k.startswith("_")}
+        state["training"] = False
+        state["_modules"] = OrderedDict((n, None if c is None else convert(c, None)) for n, c in module._modules.items())
+        state["_parameters"] = OrderedDict((k, None if v is None else torch.zeros(1).expand(v.shape))
+                                           for k, v in module._parameters.items())
+        state["_buffers"] = OrderedDict((k, None if v is None else torch.zeros(1).expand(v.shape))
+                                        for k, v in module._buffers.items())
+        state.pop("init_kwargs", None)
+        if isinstance(module, nn.ModuleDict):
+            return PlainModuleDict(state)
+        state["_init_args"], state["_init_kwargs"] = (), dict(kwargs or {})
+        return Persistent(type(module).__name__, state, "raise SystemExit")
+
+    with open(path, "wb") as f:
+        pickle.dump({"ema": convert(shaped, init_kwargs)}, f)
+    return path

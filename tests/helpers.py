@@ -100,12 +100,13 @@ def unprivileged_prefix() -> list[str]:
 class OwnPostgres:
     """A PostgreSQL server of the test's own (initdb + pg_ctl on a free port), safe to stop and restart."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, max_connections: int = 100) -> None:
         self.root = root
         self.data = root / "data"
         self.port = free_port()
         self.prefix = unprivileged_prefix()
         self.log = root / "server.log"
+        self.max_connections = max_connections
 
     def _run(self, *args: str) -> None:
         subprocess.run([*self.prefix, *args], check=True, capture_output=True, timeout=120)
@@ -117,7 +118,8 @@ class OwnPostgres:
 
     def start(self) -> None:
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-w", "-t", "60", "start",
-                  "-o", f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off")
+                  "-o", f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off "
+                  f"-c max_connections={self.max_connections} -c superuser_reserved_connections=0")
 
     def stop(self) -> None:
         self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
@@ -126,9 +128,24 @@ class OwnPostgres:
     def url(self) -> str:
         return f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/postgres"
 
+    def connections_per_process(self) -> int:
+        """The most connections one skipsearch process holds now (its application_name names its pid)."""
+        import sqlalchemy as sa
+
+        engine = sa.create_engine(self.url, poolclass=sa.pool.NullPool)
+        try:
+            with engine.connect() as conn:
+                rows = conn.execute(sa.text("SELECT application_name, count(*) FROM pg_stat_activity "
+                                            "WHERE application_name LIKE 'skipsearch %' GROUP BY 1")).all()
+        except Exception:  # noqa: BLE001 - every slot taken: this look is skipped, the next one counts
+            return 0
+        finally:
+            engine.dispose()
+        return max((n for _, n in rows), default=0)
+
 
 @contextmanager
-def own_postgres() -> Iterator[OwnPostgres]:
+def own_postgres(max_connections: int = 100) -> Iterator[OwnPostgres]:
     if not shutil.which("initdb") or not shutil.which("pg_ctl"):
         import pytest
 
@@ -136,7 +153,7 @@ def own_postgres() -> Iterator[OwnPostgres]:
             pytest.fail("initdb and pg_ctl are required in CI")
         pytest.skip("initdb/pg_ctl not installed")
     root = Path(tempfile.mkdtemp(prefix="skipsearch-pg-"))
-    server = OwnPostgres(root)
+    server = OwnPostgres(root, max_connections)
     server.init()
     server.start()
     try:
@@ -145,5 +162,57 @@ def own_postgres() -> Iterator[OwnPostgres]:
         try:
             server.stop()
         except subprocess.CalledProcessError:
+            pass
+        shutil.rmtree(root, ignore_errors=True)
+
+
+class Bouncer:
+    def __init__(self, port: int) -> None:
+        self.port = port
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/postgres"
+
+
+@contextmanager
+def pgbouncer(server: OwnPostgres, pool_size: int = 4) -> Iterator[Bouncer]:
+    """PgBouncer in transaction pooling in front of `server` (skipped where it is not installed)."""
+    import pytest
+
+    binary = shutil.which("pgbouncer") or next((p for p in ("/usr/sbin/pgbouncer",) if Path(p).exists()), None)
+    if binary is None:
+        pytest.skip("pgbouncer is not installed here")
+    root = Path(tempfile.mkdtemp(prefix="skipsearch-pgb-"))
+    port = free_port()
+    (root / "users.txt").write_text('"postgres" ""\n')
+    (root / "pgbouncer.ini").write_text(f"""[databases]
+postgres = host=127.0.0.1 port={server.port} dbname=postgres
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = {port}
+unix_socket_dir = {root}
+auth_type = trust
+auth_file = {root}/users.txt
+pool_mode = transaction
+default_pool_size = {pool_size}
+max_client_conn = 500
+ignore_startup_parameters = extra_float_digits,options
+logfile = {root}/pgbouncer.log
+pidfile = {root}/pgbouncer.pid
+""")
+    prefix = server.prefix
+    if prefix:
+        shutil.chown(root, "postgres")
+        for f in root.iterdir():
+            shutil.chown(f, "postgres")
+    subprocess.run([*prefix, binary, "-d", str(root / "pgbouncer.ini")], check=True, capture_output=True, timeout=60)
+    try:
+        wait_for(lambda: (root / "pgbouncer.pid").exists(), 30, "pgbouncer to start")
+        yield Bouncer(port)
+    finally:
+        try:
+            os.kill(int((root / "pgbouncer.pid").read_text().strip()), 15)
+        except (OSError, ValueError):
             pass
         shutil.rmtree(root, ignore_errors=True)

@@ -74,6 +74,9 @@ def work(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path) -> Pat
                                                       "created": "2026-11-28T00:00:00Z", "schedules": [entry]}))
     (root / "empty").mkdir()
     (root / "a-folder").mkdir()
+    from hostile_files import write_hostile_files
+
+    write_hostile_files(root, tiny_checkpoint)
     return root
 
 
@@ -179,6 +182,20 @@ CASES: list[tuple[str, list[str], str]] = [
     ("reference of an empty folder", ["reference", "empty", "-o", "ref.npz", "--features", "skipsearch-digits"],
      "no images"),
     ("reference into a missing folder", ["reference", "empty", "-o", "nowhere/ref.npz"], "does not exist"),
+    # hostile files (issue 19): small on disk, huge if believed; test_trust bounds their memory and time
+    ("stride-0 pickle", ["sites", "--checkpoint", "stride0.pkl"], "expanded or overlapping view"),
+    ("3 GiB BYTEARRAY8 in 12 bytes", ["sites", "--checkpoint", "bytearray8.pkl"], "declares 3,221,225,472 bytes but"),
+    ("num_blocks 100000", ["sites", "--checkpoint", "blocks.pkl"], "num_blocks=100000 is outside"),
+    ("oversized state dict config", ["sites", "--checkpoint", "sd.pt"], "describe a network of"),
+    ("schedules file at NFE 10^9", ["validate", "nfe-huge.json"], "greater than the maximum of 1000"),
+    ("schedules file at a big-integer NFE", ["validate", "nfe-bigint.json"], "greater than the maximum of 1000"),
+    ("schedules file with rho 1e30", ["validate", "rho-huge.json"], "greater than the maximum of 10"),
+    ("pickle weights with code in a diffusers folder", ["sites", "--checkpoint", "evil-diffusers"],
+     "not a readable weight file"),
+    # options added since
+    ("pool size zero", ["worker", "--storage", DB, "--pool-size", "0"], "--pool-size must be at least 1"),
+    ("rho above its cap", ["sample", "--nfe", "2", "--count", "1", "--rho-top", "20"], "at most 10"),
+    ("sample at an NFE over the cap", ["sample", "--nfe", "5000", "--count", "1"], "at most 1000"),
 ]
 
 

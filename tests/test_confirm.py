@@ -105,7 +105,8 @@ def test_confirm_on_demand(tiny_checkpoint: Path, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_neighbouring_nfes_start_from_each_others_confirmed_best(tiny_checkpoint: Path, tmp_path: Path) -> None:
-    from skipsearch.search import run_worker, summarize_confirmation
+    from skipsearch.search import run_worker
+    from skipsearch.search._confirm import summarize_confirmation
 
     url = f"sqlite:///{tmp_path / 'w.db'}"
     # NFE 4 exists (searching) when NFE 2 finishes: it gets NFE 2's best in place of an empty slot.

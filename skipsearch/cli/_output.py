@@ -151,7 +151,7 @@ def _confirmed_table(s: StudySummary, layout: int) -> Table:
     """layout 0: one line per schedule; 1: intervals on a second line; 2: that, without side borders."""
     c = s.confirmation
     assert c is not None
-    state = "" if c.done else f", {len(c.rows)}/{c.jobs} done"
+    state = "" if c.done else f"; {c.state}"
     compact = dict(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1, 0, 0)) if layout == 2 else {}
     table = Table(title=f"{s.name}: confirmed on held-out seeds {c.seeds[0]}..{c.seeds[1]} ({c.samples} samples{state})",
                   title_justify="left", **compact)
@@ -202,7 +202,7 @@ def best_lines(summaries: Sequence[StudySummary]) -> list[str]:
         params = " ".join(f"{k}={v:.3g}" for k, v in s.best_params.items())
         rate = f", {s.images_per_s:.0f} img/s" if s.images_per_s else ""
         change = f" (FID {format_change(s.change)})" if s.change is not None else ""
-        label = "best trial" if s.confirmation is None else "best by search score (confirmation running)"
+        label = "best trial" if s.confirmation is None else f"best by search score (confirmation {s.confirmation.state})"
         lines.append(f"{s.name}: {label} {s.best_trial}: FID {fmt(s.baseline)} → {fmt(s.best)}{change}; {params}{rate}")
     return lines
 
@@ -212,6 +212,8 @@ def noise_warnings(summaries: Sequence[StudySummary]) -> list[str]:
     includes 0, or (before confirmation) it is within the proxy's seed noise."""
     out = []
     for s in summaries:
+        if s.baseline_note is not None and s.finished:
+            out.append(f"* {s.name}: {s.baseline_note}.")
         if s.confirmed and s.change_significant is False:
             out.append(f"* {s.name}: on held-out seeds the best schedule's gain is not significant (its 95% interval "
                        "includes 0); treat it as no gain.")
@@ -303,6 +305,9 @@ class LaunchView:
                 what = "created" if p.created else "joined"
                 extra = f", budget raised from {p.previous_budget} to {p.budget} trials" if p.previous_budget else ""
                 console.print(f"{what} study {p.config.study_name} ({p.budget} trials{extra})")
+                for key, stored, given in p.kept:
+                    console.print(f"  it keeps its {key} {stored!r} (you gave {given!r}): a study's settings are "
+                                  "fixed when it is created", highlight=False, soft_wrap=True)
         elif isinstance(event, WorkersStarted):
             devices = ", ".join(w.device for w in event.workers)
             console.print(f"{len(event.workers)} worker(s) on {devices}; logs in {event.log_dir}")

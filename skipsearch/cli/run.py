@@ -20,7 +20,8 @@ __all__ = ["launch", "worker", "confirm"]
 
 HeartbeatOpt = Annotated[float, typer.Option(help="Seconds between a running trial's heartbeats.")]
 GraceOpt = Annotated[float, typer.Option(help="Seconds without a heartbeat before a trial is re-queued.")]
-OutageOpt = Annotated[float, typer.Option(help="Seconds a worker waits out an unreachable database.")]
+OutageOpt = Annotated[float, typer.Option(help="Seconds a worker waits out an unreachable or full database.")]
+PoolOpt = Annotated[int, typer.Option(help="PostgreSQL connections per worker process (at most).")]
 CompileOpt = Annotated[bool, typer.Option("--compile", help="torch.compile the network's blocks (long GPU searches).")]
 RefOpt = Annotated[Optional[str], typer.Option("--ref", help="This node's path to the study's reference.")]
 
@@ -78,6 +79,7 @@ def launch(
     heartbeat: HeartbeatOpt = 60.0,
     grace: GraceOpt = 300.0,
     outage_limit: OutageOpt = 600.0,
+    pool_size: PoolOpt = 2,
     compile: CompileOpt = False,
 ) -> None:
     """Create one study per NFE and run local workers until the budgets are met."""
@@ -94,7 +96,8 @@ def launch(
         curve_bounds=list(curve_bounds) if curve_bounds else None,
     )
     plan = LaunchPlan(configs, [] if no_workers else worker_devices(device, gpus),
-                      StorageSettings(heartbeat_interval=heartbeat, grace_period=grace, outage_limit=outage_limit),
+                      StorageSettings(heartbeat_interval=heartbeat, grace_period=grace, outage_limit=outage_limit,
+                                      pool_size=pool_size),
                       compile=compile)
     with LaunchView() as view:
         launched = launch_studies(storage, plan, view)
@@ -127,6 +130,7 @@ def worker(
     heartbeat: HeartbeatOpt = 60.0,
     grace: GraceOpt = 300.0,
     outage_limit: OutageOpt = 600.0,
+    pool_size: PoolOpt = 2,
     compile: CompileOpt = False,
 ) -> None:
     """Join existing studies and run their queued trials until none is left (one process per GPU)."""
@@ -134,19 +138,22 @@ def worker(
     from ..search import worker_devices
 
     devices = worker_devices(device, gpus)
-    settings = StorageSettings(heartbeat_interval=heartbeat, grace_period=grace, outage_limit=outage_limit)
+    if pool_size < 1:
+        raise UsageError("--pool-size must be at least 1")
+    settings = StorageSettings(heartbeat_interval=heartbeat, grace_period=grace, outage_limit=outage_limit,
+                               pool_size=pool_size)
     node = NodePaths(checkpoint=_path(checkpoint), reference=ref, features_weights=features_weights,
                      artifacts=_path(artifacts), guide=_path(guide), vae=_path(vae))
-    store = StudyStore.open(storage, settings)
+    log = lambda m: console.print(prefix + m, highlight=False, soft_wrap=True)  # noqa: E731
+    prefix = os.environ.get("SKIPSEARCH_LOG_PREFIX", "")
+    store = StudyStore.open(storage, settings, log=log, wait=True)  # a database restarting or full is waited out
     if len(devices) > 1:
         console.print(f"{len(devices)} worker(s) on {', '.join(devices)}")
         failed = [code for code in supervise_workers(store, study or [], devices, node.args(), compile) if code]
         if failed:
             raise typer.Exit(failed[0] if 0 < failed[0] < 256 else 1)
         return
-    prefix = os.environ.get("SKIPSEARCH_LOG_PREFIX", "")
-    report = run_worker(store, study, WorkerOptions(devices[0], node, compile),
-                        log=lambda m: console.print(prefix + m, highlight=False, soft_wrap=True))
+    report = run_worker(store, study, WorkerOptions(devices[0], node, compile), log=log)
     if not report.studies:
         console.print(f"no skipsearch studies in {store.masked}; create them with `skipsearch launch`")
         return

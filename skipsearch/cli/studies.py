@@ -37,17 +37,21 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Show every study: trials, baseline vs best proxy FID, FID change, best parameters."""
-    from ..search import StudyStore, study_summaries
+    from ..search import StudyStore, study_summaries, unreadable_studies
 
     store = StudyStore.open(storage)
     summaries = study_summaries(store.storage)
+    foreign = unreadable_studies(store.storage)
     if as_json:
-        typer.echo(json.dumps({"storage": store.masked, "studies": [s.to_json() for s in summaries]}, indent=2))
+        typer.echo(json.dumps({"storage": store.masked, "studies": [s.to_json() for s in summaries],
+                               "unreadable": [{"study": name, "reason": why} for name, why in foreign]}, indent=2))
         return
-    if not summaries:
+    if summaries:
+        print_status(store)
+    elif not foreign:
         console.print(f"no skipsearch studies in {store.masked}; start one with `skipsearch launch`")
-        return
-    print_status(store)
+    for _, why in foreign:
+        console.print(why, style="yellow", highlight=False, soft_wrap=True)
 
 
 def export(

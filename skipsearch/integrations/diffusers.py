@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from contextlib import contextmanager
 from typing import Any
 
@@ -25,7 +26,8 @@ import torch
 from torch import nn
 
 from ..errors import ScheduleError
-from ..schedule import SkipSchedule
+from ..models.diffusers import folder_sha256
+from ..schedule import ScheduleOrigin, SkipSchedule
 from ..schedule_file import ScheduleDocument, ScheduleEntry, load_schedules
 from ..skiptune import SigmaFrom, SkipTuning, find_unet, site_paths
 
@@ -86,17 +88,40 @@ def _schedule_of(schedule: ScheduleLike, sites: list[str], model: str | None, nf
     return schedule.schedule
 
 
+def _check_folder(unet: nn.Module, origin: ScheduleOrigin) -> None:
+    """The UNet's own folder (diffusers records where it was loaded from) must be the one the
+    schedule was searched on: the same content hash where the folder is here, else the same name."""
+    where = getattr(getattr(unet, "config", None), "_name_or_path", None)
+    if not where:
+        return
+    folder = Path(str(where))
+    if folder.name == "unet" and (folder.parent / "unet").is_dir():
+        folder = folder.parent  # loaded with subfolder="unet": the pipeline folder is what was searched
+    hint = "; pass check_model=False to apply it anyway"
+    if folder.is_dir() and origin.model_sha256:
+        found = folder_sha256(folder)
+        if found != origin.model_sha256.lower():
+            raise ScheduleError(f"schedule {origin.label} was searched on {origin.model_name} (sha256 "
+                                f"{origin.model_sha256[:12]}…), this UNet comes from {folder} ({found[:12]}…){hint}")
+    elif folder.name != origin.model_name:
+        raise ScheduleError(f"schedule {origin.label} was searched on {origin.model_name}, this UNet is {folder.name}"
+                            f"{hint}")
+
+
 def install_schedule(unet: nn.Module, schedule: ScheduleLike, *, scheduler: Any = None, model: str | None = None,
-                     nfe: int | None = None, solver: str | None = None) -> SkipTuning:
+                     nfe: int | None = None, solver: str | None = None, check_model: bool = True) -> SkipTuning:
     """Scale `unet`'s skips by `schedule` until the returned handle's `remove()`.
 
     `schedule` is a schedules file (path or loaded document; `model`/`nfe`/`solver` pick the entry,
     else the best one), one entry, or a SkipSchedule. An entry that names its sites' blocks must
-    name this UNet's. `scheduler` (any diffusers scheduler with `alphas_cumprod`) is needed only
-    for a σ-windowed schedule.
+    name this UNet's, and (unless `check_model=False`) must have been searched on this UNet's
+    folder. `scheduler` (any diffusers scheduler with `alphas_cumprod`) is needed only for a
+    σ-windowed schedule.
     """
     sites = unet_sites(unet)
     chosen = _schedule_of(schedule, sites, model, nfe, solver)
+    if check_model and chosen.origin is not None:
+        _check_folder(unet, chosen.origin)
     sigma_from = None
     if chosen.sigma_range is not None:
         alphas = getattr(scheduler, "alphas_cumprod", None)
@@ -106,14 +131,15 @@ def install_schedule(unet: nn.Module, schedule: ScheduleLike, *, scheduler: Any 
         config = getattr(scheduler, "config", {})
         continuous = (config.get("timestep_type") if hasattr(config, "get") else None) == "continuous"
         sigma_from = timestep_sigma(torch.as_tensor(alphas), continuous=continuous)
-    return SkipTuning(unet, chosen, sigma_from)
+    return SkipTuning(unet, chosen, sigma_from, check_model)
 
 
 @contextmanager
 def apply_schedule(unet: nn.Module, schedule: ScheduleLike, *, scheduler: Any = None, model: str | None = None,
-                   nfe: int | None = None, solver: str | None = None) -> Iterator[nn.Module]:
+                   nfe: int | None = None, solver: str | None = None, check_model: bool = True) -> Iterator[nn.Module]:
     """Within the block, `unet` runs with `schedule` (see `install_schedule`); restored on exit."""
-    handle = install_schedule(unet, schedule, scheduler=scheduler, model=model, nfe=nfe, solver=solver)
+    handle = install_schedule(unet, schedule, scheduler=scheduler, model=model, nfe=nfe, solver=solver,
+                              check_model=check_model)
     try:
         yield unet
     finally:

@@ -12,6 +12,8 @@ structure in `skipsearch.skiptune`.
 
 from __future__ import annotations
 
+import hashlib
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +21,10 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
-from ..fileio import read_mapping
+from ..fileio import file_sha256, read_mapping
 
-__all__ = ["DiffusersDenoiser", "is_diffusers_folder", "load_diffusers", "sigma_table", "sigma_to_t"]
+__all__ = ["DiffusersDenoiser", "is_diffusers_folder", "load_diffusers", "sigma_table", "sigma_to_t", "folder_sha256",
+           "read_weights", "build_from_folder"]
 
 
 def sigma_table(alphas_cumprod: torch.Tensor) -> torch.Tensor:
@@ -76,6 +79,23 @@ class DiffusersDenoiser(nn.Module):
         return x / (s**2 + 1) - s * c_in * out
 
 
+def _folder_files(folder: Path) -> list[Path]:
+    """The files a diffusers folder's network is read from: the UNet's and the scheduler's."""
+    parts = [folder / "unet", folder / "scheduler"] if (folder / "unet").is_dir() else [folder]
+    files = [f for part in parts if part.is_dir() for f in (part.iterdir() if part is folder else part.rglob("*"))]
+    return sorted(f for f in files if f.is_file() and not f.name.startswith("."))
+
+
+def folder_sha256(source: str | Path) -> str:
+    """A diffusers folder's fingerprint: sha256 of (relative path, content hash) per file of its UNet
+    and scheduler, so renames count too (what a study and an export record for the folder)."""
+    folder = Path(source)
+    digest = hashlib.sha256()
+    for f in _folder_files(folder):
+        digest.update(f"{f.relative_to(folder).as_posix()}\0{file_sha256(f)}\n".encode())
+    return digest.hexdigest()
+
+
 def is_diffusers_folder(path: Path) -> bool:
     """A `save_pretrained` folder: a pipeline (unet/ + scheduler/) or a UNet with a scheduler beside it."""
     return (path / "unet" / "config.json").is_file() or (path / "config.json").is_file() and (
@@ -106,12 +126,86 @@ def load_diffusers(path: str | Path) -> DiffusersDenoiser:
     if not ({"beta_schedule", "trained_betas"} & set(scheduler)) or scheduler.get("timestep_type") == "continuous":
         raise CheckpointError(f"{folder}: a {scheduler.get('_class_name')!r} scheduler without a discrete β schedule; "
                               "skipsearch wraps DDPM-style UNets (DDPM, DDIM, PNDM, Euler, DPM-Solver schedulers)")
-    try:
-        unet = UNet2DModel.from_pretrained(str(folder), subfolder=subfolder, local_files_only=True,
-                                           low_cpu_mem_usage=False)  # no accelerate nag; the UNet is small
-        # The σ table: the scheduler's own betas (DDPMScheduler builds ᾱ from the config alone).
+    unet = build_from_folder(UNet2DModel, (folder / subfolder) if subfolder else folder, unet_config)
+    try:  # the σ table: the scheduler's own betas (DDPMScheduler builds ᾱ from the config alone)
         table = DDPMScheduler.from_config(scheduler).alphas_cumprod
-    except Exception as e:  # diffusers raises many types for a damaged folder
+    except Exception as e:  # noqa: BLE001 - diffusers raises many types for a damaged config
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise CheckpointError(f"cannot load the diffusers UNet from {folder}: {first}") from None
+        raise CheckpointError(f"cannot read the scheduler of {folder}: {first}") from None
     return DiffusersDenoiser(unet, table, scheduler.get("prediction_type", "epsilon"))
+
+
+WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "model.safetensors", "diffusion_pytorch_model.bin",
+                "pytorch_model.bin")
+
+
+def _reason(error: Exception) -> str:
+    """The line of a loader's error that says why: torch's weights-only refusal names the global."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
+    named = next((line for line in lines if "GLOBAL" in line or "Unsupported" in line), None)
+    return f"refused by torch's weights-only loader ({named})" if named else lines[0]
+
+
+def read_weights(part: Path) -> dict[str, torch.Tensor]:
+    """A model folder's tensors: safetensors, or a `.bin` read with `torch.load(weights_only=True)`
+    only (sharded ones through their index). No file's code ever runs; nothing else is read."""
+    for name in WEIGHT_FILES:
+        index = part / f"{name}.index.json"
+        shards = sorted(set(read_mapping(index, "weight index").get("weight_map", {}).values())) if index.is_file() else []
+        if any(not isinstance(shard, str) or Path(shard).name != shard for shard in shards):
+            raise CheckpointError(f"{index}: a shard outside its folder; only plain file names are read")
+        files = [part / shard for shard in shards] if index.is_file() else [part / name] if (part / name).is_file() else []
+        if not files:
+            continue
+        tensors: dict[str, torch.Tensor] = {}
+        for file in files:
+            try:
+                if file.suffix == ".safetensors":
+                    from safetensors.torch import load_file
+
+                    tensors.update(load_file(str(file), device="cpu"))
+                else:
+                    with warnings.catch_warnings():  # torch's notes about pickle protocols are not the user's
+                        warnings.simplefilter("ignore")
+                        loaded = torch.load(file, map_location="cpu", weights_only=True)
+                    if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
+                        raise ValueError("not a state dict of tensors")
+                    tensors.update(loaded)
+            except Exception as e:  # noqa: BLE001 - a damaged or unsafe weight file fails in many ways
+                raise CheckpointError(f"{file} is not a readable weight file (safetensors, or a .bin of plain "
+                                      f"tensors): {_reason(e)}") from None
+        return tensors
+    found = sorted(p.name for p in part.iterdir() if p.is_file()) if part.is_dir() else []
+    raise CheckpointError(f"{part}: no weights (expected {WEIGHT_FILES[0]} or {WEIGHT_FILES[2]}; found "
+                          f"{', '.join(found) or 'nothing'})")
+
+
+def build_from_folder(cls: Any, part: Path, config: dict[str, Any]) -> nn.Module:
+    """A diffusers model built from its config and loaded with `read_weights`: the library's own
+    loader is not used, so no file picks how it is read and no library warning reaches the user."""
+    import logging
+
+    quiet = [logging.getLogger(name) for name in ("diffusers", "transformers")]
+    levels = [logger.level for logger in quiet]
+    try:
+        for logger in quiet:
+            logger.setLevel(logging.ERROR)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = cls.from_config({k: v for k, v in config.items() if not k.startswith("_")})
+    except Exception as e:  # noqa: BLE001 - diffusers raises many types for a damaged config
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise CheckpointError(f"cannot build the {cls.__name__} of {part}: {first}") from None
+    finally:
+        for logger, level in zip(quiet, levels):
+            logger.setLevel(level)
+    tensors = read_weights(part)
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in tensors]
+    wrong = [k for k in expected if k in tensors and tuple(tensors[k].shape) != tuple(expected[k].shape)]
+    if missing or wrong:
+        key = (missing or wrong)[0]
+        raise CheckpointError(f"{part}: the weights do not fit the config ({len(missing)} missing, {len(wrong)} with "
+                              f"the wrong shape, e.g. {key})")
+    model.load_state_dict({k: tensors[k] for k in expected}, strict=True)
+    return model.eval()

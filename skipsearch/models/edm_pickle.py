@@ -27,6 +27,7 @@ from ..errors import CheckpointError
 from ..safe_pickle import NUMPY_DATA, SafeRecord, safe_load
 from .edm import EDMPrecond
 from .edm2 import ENCODER_ATTR, EDM2Block, EDM2Precond, EDM2UNet, EncoderInfo
+from .limits import check_size
 
 __all__ = [
     "CheckpointError",
@@ -227,16 +228,13 @@ def network_from_record(record: Any) -> EDMPrecond | EDM2Precond:
     tensors: dict[str, torch.Tensor] = {}
     _collect_tensors(record, "", tensors)
     try:
-        # Sized on the meta device first: a few bytes of arguments must not allocate a huge network.
-        with torch.device("meta"):
-            wanted = sum(t.numel() for t in cls(**kwargs).state_dict().values())
-        held = sum(t.numel() for t in tensors.values())
-        if wanted > held:
-            raise CheckpointError(f"the recorded arguments describe a network of {wanted:,} values ({cls.__name__}), but the "
-                                  f"file holds {held:,}: a damaged or foreign checkpoint")
+        check_size(cls, kwargs, tensors, cls.__name__)  # bounded: arguments capped, sized on the meta device
         net = cls(**kwargs)
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"cannot build {cls.__name__} from the recorded arguments {sorted(kwargs)}: {e}") from None
+    except CheckpointError:
+        raise
+    except Exception as e:  # noqa: BLE001 - arguments from a file break a constructor in any way torch can
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"cannot build {cls.__name__} from the recorded arguments {sorted(kwargs)}: {reason}") from None
     # float16 tensors are copied into the float32 modules; EDM2's gains remember their dtype.
     load_state_dict_checked(net, tensors)
     if isinstance(net, EDM2Precond):
@@ -296,6 +294,9 @@ def load_state_dict_checked(net: torch.nn.Module, tensors: dict[str, torch.Tenso
             k = wrong[0]
             parts.append(f"{len(wrong)} with wrong shape (e.g. {k}: {tuple(tensors[k].shape)} vs {tuple(expected[k].shape)})")
         raise CheckpointError("checkpoint tensors do not match the network: " + "; ".join(parts))
+    odd = [k for k, t in tensors.items() if not (t.dtype.is_floating_point or t.dtype == expected[k].dtype)]
+    if odd:
+        raise CheckpointError(f"checkpoint tensor {odd[0]} is {tensors[odd[0]].dtype}, not floating point")
     net.load_state_dict(tensors, strict=True)
 
 
@@ -311,4 +312,7 @@ def load_edm_pickle(path: str | Path) -> EDMPrecond | EDM2Precond:
             setattr(net, ENCODER_ATTR, encoder_from_record(data.get("encoder") if isinstance(data, dict) else None))
     except CheckpointError as e:
         raise CheckpointError(f"{path}: {e}") from None
+    except Exception as e:  # noqa: BLE001 - a record of the wrong shape fails wherever it is first read
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: the network record is malformed ({type(e).__name__}: {reason})") from None
     return net

@@ -10,7 +10,6 @@ A new format is one registration here, not another branch in every reader.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ from ..errors import CheckpointError
 from ..fileio import file_sha256
 from ..registry import BUILTIN_PREFIX, Registry
 from .builtin import BUILTINS
-from .diffusers import is_diffusers_folder, load_diffusers
+from .diffusers import folder_sha256, is_diffusers_folder, load_diffusers
 from .edm_pickle import load_edm_pickle
 from .state_dict import STATE_DICT_SUFFIXES, load_state_dict_network
 
@@ -49,22 +48,6 @@ def _file_hash(source: str) -> str:
     return file_sha256(source)
 
 
-def _folder_files(folder: Path) -> list[Path]:
-    """The files a diffusers folder's network is read from: the UNet's and the scheduler's."""
-    parts = [folder / "unet", folder / "scheduler"] if (folder / "unet").is_dir() else [folder]
-    files = [f for part in parts if part.is_dir() for f in (part.iterdir() if part is folder else part.rglob("*"))]
-    return sorted(f for f in files if f.is_file() and not f.name.startswith("."))
-
-
-def _folder_hash(source: str) -> str:
-    """sha256 of (relative path, content hash) per file: renames count too."""
-    folder = Path(source)
-    digest = hashlib.sha256()
-    for f in _folder_files(folder):
-        digest.update(f"{f.relative_to(folder).as_posix()}\0{file_sha256(f)}\n".encode())
-    return digest.hexdigest()
-
-
 def _is_file_with(*suffixes: str) -> Callable[[str], bool]:
     return lambda source: Path(source).is_file() and Path(source).suffix in suffixes
 
@@ -81,7 +64,7 @@ for _format in (
                      lambda s: Path(s).stem),
     CheckpointFormat("diffusers", "a diffusers folder (UNet2DModel and its scheduler)",
                      lambda s: Path(s).is_dir() and is_diffusers_folder(Path(s)), lambda s, c: load_diffusers(s),
-                     _folder_hash, lambda s: Path(s).name),
+                     folder_sha256, lambda s: Path(s).name),
 ):
     FORMATS.register(_format.name, _format)
 

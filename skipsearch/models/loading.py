@@ -14,6 +14,7 @@ from torch import nn
 from ..errors import CheckpointError
 from ..registry import BUILTIN_PREFIX, Registry
 from .builtin import BUILTINS
+from ..skiptune import IDENTITY_ATTR
 from .formats import format_of
 
 __all__ = [
@@ -41,6 +42,22 @@ for _family in (ModelFamily("edm", "edm-digits"), ModelFamily("edm2"), ModelFami
     MODEL_FAMILIES.register(_family.name, _family)
 
 
+@dataclass
+class NetworkIdentity:
+    """The checkpoint a network was loaded from: what a schedule exported for it names. The sha256
+    is computed when first asked (hashing a large checkpoint is not free)."""
+
+    name: str
+    source: str
+    _sha256: str | None = None
+
+    @property
+    def sha256(self) -> str:
+        if self._sha256 is None:
+            self._sha256 = checkpoint_sha256(self.source)
+        return self._sha256
+
+
 def load_network(
     path: str | Path,
     device: str | torch.device = "cpu",
@@ -48,8 +65,11 @@ def load_network(
     config: str | Path | dict[str, Any] | None = None,
 ) -> nn.Module:
     """Load an EDM (EDMPrecond), EDM2 (EDM2Precond) or diffusers UNet2DModel denoiser in eval mode on
-    `device`, never executing code from the file. `config`: constructor arguments for a state dict."""
-    net = format_of(path).load(str(path), config)
+    `device`, never executing code from the file. `config`: constructor arguments for a state dict.
+    The network remembers its checkpoint, so a schedule exported for another one is refused."""
+    fmt = format_of(path)
+    net = fmt.load(str(path), config)
+    net.__dict__[IDENTITY_ATTR] = NetworkIdentity(fmt.display_name(str(path)), str(path))
     return net.eval().requires_grad_(False).to(device)
 
 

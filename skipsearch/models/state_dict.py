@@ -8,6 +8,7 @@ default) or `EDM2Precond`; an EDM2 config may also carry an `encoder` table (see
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from ..fileio import read_mapping
 from .edm import EDMPrecond
 from .edm2 import ENCODER_ATTR, EDM2Precond, EncoderInfo
 from .edm_pickle import load_state_dict_checked
+from .limits import check_size
 
 __all__ = ["STATE_DICT_SUFFIXES", "NETWORK_CLASSES", "load_state_dict_network"]
 
@@ -80,7 +82,9 @@ def _load_state_dict_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str
         except (SafetensorError, OSError, ValueError) as e:
             raise CheckpointError(f"{path} is not a readable safetensors file: {e}") from None
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's notes about pickle protocols are not the user's
+            warnings.simplefilter("ignore")
+            data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for damaged or unsafe files
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path} is not a readable state-dict file: {first_line}") from None
@@ -114,12 +118,16 @@ def load_state_dict_network(path: Path, config: str | Path | dict[str, Any] | No
     encoder = _encoder_info(cfg, source)
     if encoder is not None and cls is not EDM2Precond:
         raise CheckpointError(f"{source}: 'encoder' applies to EDM2 networks only; add \"class\": \"EDM2Precond\"")
-    try:
-        net = cls(**kwargs)
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{path}: cannot build {cls.__name__} from the config: {e}") from None
     if cls is EDMPrecond and not any(k.startswith("model.") for k in tensors):
         tensors = {f"model.{k}": v for k, v in tensors.items()}
+    try:
+        check_size(cls, kwargs, tensors, cls.__name__)  # a 200-byte config cannot ask for gigabytes
+        net = cls(**kwargs)
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    except Exception as e:  # noqa: BLE001 - a config breaks a constructor in any way torch can
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: cannot build {cls.__name__} from the config: {reason}") from None
     try:
         # An EDM2 state dict saved in float16 loads into float32 modules; the gains keep their dtype.
         load_state_dict_checked(net, tensors)

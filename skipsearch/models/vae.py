@@ -19,6 +19,8 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
+from ..fileio import read_mapping
+from .diffusers import build_from_folder
 from .edm2 import ENCODER_ATTR
 
 __all__ = ["LatentCodec", "LatentDecoder", "load_vae"]
@@ -53,11 +55,7 @@ def load_vae(path: str | os.PathLike[str], device: str | torch.device = "cpu") -
         from diffusers import AutoencoderKL
     except ImportError:
         raise CheckpointError("latent networks need diffusers to decode: pip install 'skipsearch[diffusers]'") from None
-    try:
-        vae = AutoencoderKL.from_pretrained(str(folder), local_files_only=True)
-    except Exception as e:  # diffusers raises many types for a damaged folder
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise CheckpointError(f"cannot load the VAE from {folder}: {first}") from None
+    vae = build_from_folder(AutoencoderKL, folder, read_mapping(folder / "config.json", "VAE config"))
     return vae.to(device).eval().requires_grad_(False)
 
 

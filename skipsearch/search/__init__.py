@@ -40,7 +40,7 @@ _EXPORTS: dict[str, str] = {
     "StudySummary": "_summary",
     "export_schedules": "_export",
     "queue_confirmations": "_confirm",
-    "summarize_confirmation": "_confirm",
+    "unreadable_studies": "_study",
     "dashboard_server": "_dashboard",
     "serve_dashboard": "_dashboard",
     "Interrupted": "_signals",
@@ -64,7 +64,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; nothing is imported at run time
     from ._config import StudyConfig
-    from ._confirm import queue_confirmations, summarize_confirmation
+    from ._confirm import queue_confirmations
     from ._dashboard import dashboard_server, serve_dashboard
     from ._export import export_schedules
     from ._presets import PRESETS
@@ -72,6 +72,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; nothing is imported at run
     from ._resources import NodePaths
     from ._samplers import PRUNERS, SAMPLERS
     from ._signals import Interrupted
+    from ._study import unreadable_studies
     from ._space import SPACES
     from ._summary import StudySummary, study_summaries
     from ._worker import WorkerOptions, WorkerReport, run_worker

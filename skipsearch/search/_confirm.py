@@ -25,6 +25,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from ..errors import StudyError
 from ..scoring import gain_between, interval_of
+from ..version import __version__
 from ._config import StudyConfig
 from ._study import counts_toward_budget, list_studies, load_study, search_done, study_budget
 from .attrs import (
@@ -37,8 +38,10 @@ from .attrs import (
     SEARCH_VALUE_ATTR,
     SIGMA_RANGE_ATTR,
     SOURCE_ATTR,
+    VERSION_ATTR,
     WARM_FROM_ATTR,
 )
+from ._seal import is_sealed, sealing
 from .storage import StudyStore
 
 __all__ = [
@@ -53,6 +56,7 @@ __all__ = [
     "queue_confirmations",
     "warm_points",
     "push_warm_start",
+    "confirmation_pending",
 ]
 
 CONFIRM_SUFFIX = "/confirm"
@@ -75,9 +79,10 @@ def _key(trial: FrozenTrial) -> tuple[float, ...]:
     return tuple(round(v, 9) for _, v in sorted(trial.params.items()))
 
 
-def plan(trials: Sequence[FrozenTrial], top: int) -> list[FrozenTrial]:
-    """The baseline, the `top` best distinct complete schedules, and the paper's point."""
-    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+def plan(trials: Sequence[FrozenTrial], top: int, sealed: bool = True) -> list[FrozenTrial]:
+    """The baseline, the `top` best distinct complete schedules, and the paper's point: workers'
+    results only (`sealed`: the study's trials carry seals)."""
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None and is_sealed(t, sealed)]
     baseline = [t for t in complete if t.user_attrs.get(KIND_ATTR) == "baseline"][:1]
     chosen: list[FrozenTrial] = []
     seen = {_key(t) for t in baseline}
@@ -95,12 +100,13 @@ def prepare_confirmation(store: StudyStore, study: optuna.Study, config: StudyCo
     """Create `NAME/confirm` and queue its jobs, once, whatever the number of workers asking.
     None when there is nothing to confirm (no trial completed)."""
     name = confirm_name(study.study_name)
-    jobs = plan(study.get_trials(deepcopy=False), config.confirm_top)
+    jobs = plan(study.get_trials(deepcopy=False), config.confirm_top, sealing(study))
     if not jobs:
         return None
     with store.lock(f"confirm:{study.study_name}"):
         try:
             confirm = optuna.create_study(storage=store.storage, study_name=name, direction="minimize")
+            confirm.set_user_attr(VERSION_ATTR, __version__)
             confirm.set_user_attr(CONFIRMS_ATTR, study.study_name)
             seeds = config.confirmation_seeds
             confirm.set_metric_names([f"proxy FID ({len(seeds)} held-out samples)"])
@@ -150,10 +156,21 @@ class Confirmation:
     jobs: int
     rows: list[ConfirmedRow] = field(default_factory=list)
     settled: bool = False  # every job finished (a job can fail for good: non-finite samples)
+    running: int = 0  # jobs a worker is running now
 
     @property
     def done(self) -> bool:
         return self.jobs > 0 and self.settled
+
+    @property
+    def state(self) -> str:
+        """What is happening to it, in words that are true: nothing is "running" that no worker runs."""
+        if self.done:
+            return "done"
+        progress = f"{len(self.rows)}/{self.jobs} done"
+        if self.running:
+            return f"running, {progress}"
+        return f"waiting for a worker, {progress}: `skipsearch launch` or `skipsearch worker` finishes it"
 
     @property
     def baseline(self) -> ConfirmedRow | None:
@@ -168,6 +185,7 @@ class Confirmation:
     def to_json(self) -> dict[str, Any]:
         return {
             "seeds": list(self.seeds), "samples": self.samples, "resamples": self.resamples, "done": self.done,
+            "state": self.state,
             "rows": [{"trial": r.source_trial, "kind": r.kind, "search_value": r.search_value, "value": r.value,
                       "interval": list(r.interval), "fid_infinity": r.fid_infinity, "gain": r.gain,
                       "gain_interval": list(r.gain_interval) if r.gain_interval else None,
@@ -183,7 +201,9 @@ def summarize_confirmation(storage: BaseStorage, study_name: str, config: StudyC
         return None
     trials = confirm.get_trials(deepcopy=False)
     seeds = config.confirmation_seeds
-    done = [t for t in trials if t.state == TrialState.COMPLETE and BOOTSTRAP_ATTR in t.user_attrs]
+    strict = sealing(confirm)
+    done = [t for t in trials if t.state == TrialState.COMPLETE and BOOTSTRAP_ATTR in t.user_attrs
+            and is_sealed(t, strict)]
     base = next((t for t in done if t.user_attrs.get(KIND_ATTR) == "baseline"), None)
     rows = []
     for t in sorted(done, key=lambda t: t.value):
@@ -199,8 +219,20 @@ def summarize_confirmation(storage: BaseStorage, study_name: str, config: StudyC
         ))
     sources = {t.user_attrs.get(SOURCE_ATTR) for t in trials}
     settled = {t.user_attrs.get(SOURCE_ATTR) for t in trials if counts_toward_budget(t)}
+    running = sum(t.state == TrialState.RUNNING for t in trials)
     return Confirmation(study_name, (seeds.start, seeds.stop - 1), len(seeds), config.bootstrap, len(sources), rows,
-                        settled >= sources)
+                        settled >= sources, running)
+
+
+def confirmation_pending(storage: BaseStorage, study: optuna.Study, config: StudyConfig) -> bool:
+    """A study whose search is done still has work for a worker: its confirmation is not queued yet
+    (and has something to confirm), or not settled."""
+    if not config.confirm_top:
+        return False
+    summary = summarize_confirmation(storage, study.study_name, config)
+    if summary is None:
+        return bool(plan(study.get_trials(deepcopy=False), config.confirm_top, sealing(study)))
+    return not summary.done
 
 
 def queue_confirmations(store: StudyStore, names: Sequence[str] | None, *, top: int | None = None,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -72,8 +73,12 @@ def dashboard_server(store: StudyStore | str | URL | None, *, host: str = "127.0
 
 
 def serve_dashboard(server: WSGIServer) -> None:
-    """Serve until interrupted."""
+    """Serve until interrupted. The server runs in a daemon thread and this one only waits, so
+    Ctrl-C or SIGTERM ends the process at once, whatever a request handler is doing."""
+    thread = threading.Thread(target=server.serve_forever, name="dashboard", daemon=True)
+    thread.start()
     try:
-        server.serve_forever()
+        while thread.is_alive():
+            thread.join(0.5)
     finally:
         server.server_close()

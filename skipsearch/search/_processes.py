@@ -96,7 +96,7 @@ def spawn_workers(
             env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // cpu_workers))
         cmd = [sys.executable, "-m", "skipsearch", "worker", "--device", worker_device,
                "--heartbeat", str(settings.heartbeat_interval), "--grace", str(settings.grace_period),
-               "--outage-limit", str(settings.outage_limit)]
+               "--outage-limit", str(settings.outage_limit), "--pool-size", str(settings.pool_size)]
         for name in study_names:
             cmd += ["--study", name]
         cmd += list(extra_args) + (["--compile"] if compile else [])

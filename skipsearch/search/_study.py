@@ -25,6 +25,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from ..errors import ConfigError, StudyError
 from ..schedule import SkipSite
+from ..version import __version__
 from ._config import StudyConfig
 from ._space import SPACES, in_bounds
 from .attrs import (
@@ -34,6 +35,7 @@ from .attrs import (
     FINGERPRINT_ATTR,
     KIND_ATTR,
     SITES_ATTR,
+    VERSION_ATTR,
     WARM_FROM_ATTR,
 )
 from .storage import StudyStore
@@ -45,14 +47,40 @@ __all__ = [
     "study_config",
     "study_budget",
     "list_studies",
+    "unreadable_studies",
+    "read_config",
     "counts_toward_budget",
     "search_done",
 ]
 
 
+def _release(text: Any) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in str(text).split(".")[:3])
+    except ValueError:
+        return ()
+
+
+def read_config(name: str, attrs: dict[str, Any]) -> StudyConfig | None:
+    """A study's config from its user attributes (None: not a skipsearch study, or not yet one);
+    a study written by a newer skipsearch, or with settings this one does not know, is one line."""
+    raw = attrs.get(CONFIG_ATTR)
+    if not raw:
+        return None
+    made_by = attrs.get(VERSION_ATTR)
+    if made_by is not None and _release(made_by) > _release(__version__):
+        raise StudyError(f"study {name!r} was created by skipsearch {made_by}, newer than this one ({__version__}): "
+                         "upgrade skipsearch on this node to read or join it")
+    try:
+        return StudyConfig.from_dict(json.loads(raw))
+    except (ConfigError, ValueError) as e:
+        raise StudyError(f"study {name!r} holds settings this skipsearch ({__version__}) cannot read ({e}); it was "
+                         f"created by {'skipsearch ' + str(made_by) if made_by else 'another version'}: upgrade "
+                         "skipsearch to read or join it") from None
+
+
 def study_config(study: optuna.Study) -> StudyConfig | None:
-    raw = study.user_attrs.get(CONFIG_ATTR)
-    return StudyConfig.from_dict(json.loads(raw)) if raw else None
+    return read_config(study.study_name, study.user_attrs)
 
 
 def study_budget(study: optuna.Study, config: StudyConfig) -> int:
@@ -84,6 +112,12 @@ class Prepared:
     budget: int
     previous_budget: int | None  # set when this call raised the budget
     complete: bool  # nothing queued or running: the budget is spent
+    kept: tuple[tuple[str, Any, Any], ...] = ()  # (setting, the study's, the one given): the study's stay
+
+
+# Settings that change no score but are the study's own once it exists (the budget is raised with
+# --trials; files are this node's paths): a re-launch that gives others is told they are kept.
+KEPT_SETTINGS = ("batch_size", "confirm_top", "enqueue_probes", "report_features")
 
 
 def search_done(trials: Sequence[FrozenTrial], budget: int) -> bool:
@@ -137,7 +171,7 @@ def prepare_study(store: StudyStore, config: StudyConfig, sites: Sequence[SkipSi
     neighbouring NFEs' confirmed best parameters, queued once each after the baseline.
     """
     with store.lock(f"study:{config.study_name}"):
-        created = True
+        created, kept = True, ()
         try:
             study = optuna.create_study(storage=store.storage, study_name=config.study_name, direction="minimize")
         except DuplicatedStudyError:
@@ -146,6 +180,7 @@ def prepare_study(store: StudyStore, config: StudyConfig, sites: Sequence[SkipSi
         existing = study_config(study)
         previous = None
         if existing is None:
+            study.set_user_attr(VERSION_ATTR, __version__)  # before the config: a reader sees no config without it
             study.set_user_attr(CONFIG_ATTR, json.dumps(config.to_dict(), sort_keys=True))
             study.set_user_attr(FINGERPRINT_ATTR, config.fingerprint())
             study.set_user_attr(SITES_ATTR, len(sites))
@@ -156,6 +191,8 @@ def prepare_study(store: StudyStore, config: StudyConfig, sites: Sequence[SkipSi
             budget = config.trials
         else:
             _check_compatible(existing, config, config.study_name)
+            kept = tuple((key, getattr(existing, key), getattr(config, key)) for key in KEPT_SETTINGS
+                         if getattr(existing, key) != getattr(config, key))
             budget = study_budget(study, existing)
             if config.trials > budget:
                 previous, budget = budget, config.trials
@@ -163,7 +200,7 @@ def prepare_study(store: StudyStore, config: StudyConfig, sites: Sequence[SkipSi
             config = existing
         _seed(study, config, sites, budget, warm)
         complete = search_done(study.get_trials(deepcopy=False), budget)
-    return Prepared(study, config, created, budget, previous, complete)
+    return Prepared(study, config, created, budget, previous, complete, kept)
 
 
 def load_study(storage: BaseStorage, name: str, wait: float = 10.0) -> tuple[optuna.Study, StudyConfig]:
@@ -185,13 +222,25 @@ def load_study(storage: BaseStorage, name: str, wait: float = 10.0) -> tuple[opt
 
 
 def list_studies(storage: BaseStorage) -> list[tuple[str, StudyConfig]]:
+    """The skipsearch studies this version can read (see `unreadable_studies` for the others)."""
     out = []
     for summary in storage.get_all_studies():
-        raw = summary.user_attrs.get(CONFIG_ATTR)
-        if raw:
-            try:
-                out.append((summary.study_name, StudyConfig.from_dict(json.loads(raw))))
-            except (ConfigError, ValueError):
-                continue
+        try:
+            config = read_config(summary.study_name, summary.user_attrs)
+        except StudyError:
+            continue
+        if config is not None:
+            out.append((summary.study_name, config))
+    return out
+
+
+def unreadable_studies(storage: BaseStorage) -> list[tuple[str, str]]:
+    """(name, why) of each skipsearch study this version cannot read: written by a newer one."""
+    out = []
+    for summary in storage.get_all_studies():
+        try:
+            read_config(summary.study_name, summary.user_attrs)
+        except StudyError as e:
+            out.append((summary.study_name, str(e)))
     return out
 

@@ -13,6 +13,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from ._config import StudyConfig
 from ._confirm import Confirmation, summarize_confirmation
+from ._seal import is_sealed, sealing
 from ._study import list_studies, study_budget
 from .attrs import (
     COUNTED_ATTR,
@@ -66,6 +67,7 @@ class StudySummary:
     confirmation: Confirmation | None = None
     site_info: list[dict[str, Any]] | None = None
     sigmas: list[float] | None = None
+    baseline_note: str | None = None  # why there is no baseline FID (None: there is one)
 
     @property
     def confirmed(self) -> bool:
@@ -132,6 +134,7 @@ class StudySummary:
                        "budget": self.budget},
             "done": self.done,
             "baseline_fid": self.baseline,
+            "baseline_note": self.baseline_note,
             "best_fid": self.best,
             "best_trial": self.best_trial,
             "gain": self.gain,
@@ -156,9 +159,11 @@ def _running(trial: FrozenTrial, config: StudyConfig) -> RunningTrial:
 def summarize(study: optuna.Study, config: StudyConfig, trials: Sequence[FrozenTrial] | None = None) -> StudySummary:
     trials = study.get_trials(deepcopy=False) if trials is None else trials
     by_state = {s: [t for t in trials if t.state == s] for s in TrialState}
-    complete = by_state[TrialState.COMPLETE]
+    strict = sealing(study)
+    complete = [t for t in by_state[TrialState.COMPLETE] if is_sealed(t, strict)]  # workers' results only
     failed = [t for t in by_state[TrialState.FAIL] if t.user_attrs.get(COUNTED_ATTR)]
     baseline = next((t.value for t in complete if t.user_attrs.get(KIND_ATTR) == "baseline"), None)
+    note = None if baseline is not None else _missing_baseline([t for t in trials if t.user_attrs.get(KIND_ATTR) == "baseline"])
     best = min(complete, key=lambda t: t.value) if complete else None
     rates = [t.user_attrs[IMAGES_PER_S_ATTR] for t in complete if t.user_attrs.get(IMAGES_PER_S_ATTR)]
     seconds = [t.user_attrs[SECONDS_ATTR] for t in complete if SECONDS_ATTR in t.user_attrs]
@@ -187,7 +192,18 @@ def summarize(study: optuna.Study, config: StudyConfig, trials: Sequence[FrozenT
         confirmation=summarize_confirmation(study._storage, study.study_name, config),
         site_info=study.user_attrs.get(SITE_INFO_ATTR),
         sigmas=study.user_attrs.get(SIGMAS_ATTR),
+        baseline_note=note,
     )
+
+
+def _missing_baseline(trials: Sequence[FrozenTrial]) -> str:
+    """Why a study has no baseline FID yet: every change is read against it, so it is said."""
+    if any(t.state in (TrialState.WAITING, TrialState.RUNNING) for t in trials):
+        return "the baseline (ρ = 1) has not finished yet: FID changes come once it has"
+    reasons = sorted({str(t.user_attrs.get(REASON_ATTR)) for t in trials if t.state == TrialState.FAIL})
+    if reasons:
+        return f"the baseline (ρ = 1) failed ({reasons[-1]}): no FID change can be computed"
+    return "the study has no baseline (ρ = 1) result: no FID change can be computed"
 
 
 def study_summaries(

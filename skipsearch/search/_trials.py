@@ -22,15 +22,35 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from .attrs import COUNTED_ATTR, FIXED_PARAMS, KIND_ATTR, REASON_ATTR, RETRIES_ATTR, RETRY_OF_ATTR
+from .attrs import (
+    COUNTED_ATTR,
+    FIXED_PARAMS,
+    KIND_ATTR,
+    KINDS,
+    REASON_ATTR,
+    RETRIES_ATTR,
+    RETRY_OF_ATTR,
+    RHO_ATTR,
+    SEARCH_VALUE_ATTR,
+    SIGMA_RANGE_ATTR,
+    SOURCE_ATTR,
+    WARM_FROM_ATTR,
+)
 
 __all__ = ["claim", "Heartbeat", "sweep", "fail", "rdb"]
 
 
+# Queued trials run in this order, whenever they were queued: a baseline lost with its worker runs
+# next, not after every empty slot (where it would be last, and pruned).
+_PRIORITY = {kind: rank for rank, kind in enumerate(KINDS)}
+
+
 def claim(study: optuna.Study) -> int | None:
-    """Atomically take the oldest queued trial (WAITING → RUNNING); its id, or None if none is queued."""
+    """Atomically take the next queued trial (WAITING → RUNNING): the baseline first, then warm
+    starts, the paper's point, probes and search slots, each oldest first. Its id, or None."""
     storage = study._storage
-    for trial in storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.WAITING,)):
+    queued = storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.WAITING,))
+    for trial in sorted(queued, key=lambda t: (_PRIORITY.get(t.user_attrs.get(KIND_ATTR), len(KINDS)), t.number)):
         try:
             if storage.set_trial_state_values(trial._trial_id, state=TrialState.RUNNING):
                 return trial._trial_id
@@ -76,11 +96,17 @@ class Heartbeat:
             self._beat()
 
 
+# What a queued trial is (its kind, the warm start or the search trial a confirmation job re-scores
+# and that trial's score and schedule): a retry carries all of it, or it would be another trial.
+IDENTITY = (KIND_ATTR, WARM_FROM_ATTR, SOURCE_ATTR, SEARCH_VALUE_ATTR, RHO_ATTR, SIGMA_RANGE_ATTR)
+
+
 def _requeue(study: optuna.Study, failed: FrozenTrial) -> None:
-    """Queue a failed trial again with the same parameters (and kind), linked to it."""
+    """Queue a failed trial again with the same parameters and identity, linked to it."""
     params = {**(failed.system_attrs.get(FIXED_PARAMS) or {}), **failed.params}
-    attrs = {KIND_ATTR: failed.user_attrs.get(KIND_ATTR, "search"),
-             RETRIES_ATTR: int(failed.user_attrs.get(RETRIES_ATTR, 0)) + 1, RETRY_OF_ATTR: failed.number}
+    attrs = {key: failed.user_attrs[key] for key in IDENTITY if key in failed.user_attrs}
+    attrs.setdefault(KIND_ATTR, "search")
+    attrs.update({RETRIES_ATTR: int(failed.user_attrs.get(RETRIES_ATTR, 0)) + 1, RETRY_OF_ATTR: failed.number})
     study.enqueue_trial(params, user_attrs=attrs, skip_if_exists=False)
 
 

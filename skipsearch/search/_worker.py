@@ -30,7 +30,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 from sqlalchemy.engine import URL
 
-from ..errors import NonFiniteSamples
+from ..errors import NonFiniteSamples, StudyError
 from ..recipe import SamplingRecipe
 from ..schedule import SkipSchedule
 from ..scoring import ProxyFID, SampleWatch, finite_guard, score_confirmed, seed_noise
@@ -40,9 +40,10 @@ from ._confirm import bootstrap_seed, confirm_name, is_confirmation, prepare_con
 from ._notes import update_study_note
 from ._objective import Evaluation, Objective, SampleGrid, TrialRun, evaluate
 from ._resources import NodePaths, Resources
+from ._seal import seal
 from ._signals import Interrupted, checkpoint, critical, signals_interrupt
 from ._space import SPACES, suggest_params
-from ._study import list_studies, load_study, search_done, study_budget
+from ._study import list_studies, load_study, search_done, study_budget, unreadable_studies
 from ._trials import Heartbeat, claim, fail, sweep
 from .attrs import (
     BOOTSTRAP_ATTR,
@@ -197,7 +198,18 @@ class _Worker:
 
     # -- one trial -------------------------------------------------------------------------
 
+    def _skip_unreadable(self) -> None:
+        """Studies a newer skipsearch wrote are said and skipped; with nothing else to join, refused."""
+        db = self.store
+        foreign = db(unreadable_studies, db.storage)
+        for _, why in foreign:
+            self.log(f"skipped: {why}")
+        if foreign and not db(list_studies, db.storage):
+            raise StudyError(foreign[0][1])
+
     def run(self, names: Sequence[str] | None) -> WorkerReport:
+        if not names:
+            self._skip_unreadable()
         while True:
             checkpoint()
             studies = self.studies(names)
@@ -282,7 +294,7 @@ class _Worker:
         final = config.steps[-1]
         for n, fid in self.options.objective(run):
             db(trial.report, fid, n)
-            if n < final and db(trial.should_prune):
+            if n < final and kind != "baseline" and db(trial.should_prune):  # every result is read against it
                 self._finish(c, run.record, grid, None)
                 return
         if stream is not None:  # the baseline: how much of any FID difference the draw of seeds alone explains
@@ -292,7 +304,9 @@ class _Worker:
     def _confirm(self, c: _Claimed) -> None:
         """One confirmation job: the schedule on the held-out seeds, with bootstrap replicates."""
         db, trial = self.store, c.trial
-        db(self._set_attrs, trial, {WORKER_ATTR: self.identity.label, PRECISION_ATTR: c.recipe.precision})
+        db(self._set_attrs, trial, {WORKER_ATTR: self.identity.label, PRECISION_ATTR: c.recipe.precision,
+                                    RHO_ATTR: list(c.schedule.rho),  # what is scored: the job's parameters
+                                    SIGMA_RANGE_ATTR: list(c.schedule.sigma_range) if c.schedule.sigma_range else None})
         seeds = c.config.confirmation_seeds
         done = [0]
         write_progress = self._progress_writer(trial)
@@ -316,6 +330,7 @@ class _Worker:
             IMAGES_PER_S_ATTR: round(result.samples / seconds, 2) if seconds > 0 else None,
         })
         with critical():
+            db(self._seal, c)
             frozen = db(c.study.tell, trial, result.value, skip_if_finished=True)
         if frozen.state == TrialState.FAIL:
             raise UpdateFinishedTrialError(f"confirmation {c.number} already failed")
@@ -341,6 +356,7 @@ class _Worker:
             if value is None:
                 frozen = db(c.study.tell, trial, state=TrialState.PRUNED, skip_if_finished=True)
             else:
+                db(self._seal, c)
                 frozen = db(c.study.tell, trial, value, skip_if_finished=True)
         if frozen.state == TrialState.FAIL:
             raise UpdateFinishedTrialError(f"trial {c.number} already failed")
@@ -360,6 +376,11 @@ class _Worker:
     def _best(self, study: optuna.Study) -> float | None:
         done = self.store(study.get_trials, deepcopy=False, states=(TrialState.COMPLETE,))
         return min(t.value for t in done) if done else None
+
+    def _seal(self, c: _Claimed) -> None:
+        """This worker's result for the schedule it scored (see _seal): set before the tell, so a
+        trial someone else completes first is never sealed."""
+        seal(self.store.storage, c.trial._trial_id, self.identity.label, c.schedule.rho, c.schedule.sigma_range)
 
     @staticmethod
     def _set_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
@@ -410,7 +431,10 @@ def run_worker(
     SIGTERM/SIGINT raise `Interrupted` after the running trial was failed and re-queued.
     """
     settings = settings or (store.settings if isinstance(store, StudyStore) else StorageSettings())
-    opened = StudyStore.of(store, settings).with_settings(settings, log)
+    if isinstance(store, StudyStore):
+        opened = store.with_settings(settings, log)
+    else:  # a worker started while the database restarts (or is full) waits, as in any outage
+        opened = StudyStore.open(store, settings, log=log, wait=True)
     if options.device.startswith("cuda"):  # the GPU speed path: TF32 matmuls/convolutions, tuned cuDNN kernels
         import torch
 

@@ -13,7 +13,7 @@ __all__ = [
     "KIND_ATTR", "COUNTED_ATTR", "REASON_ATTR", "RETRIES_ATTR", "RETRY_OF_ATTR", "WARM_FROM_ATTR", "SOURCE_ATTR",
     "SEARCH_VALUE_ATTR", "PROGRESS_ATTR", "RHO_ATTR", "SIGMA_RANGE_ATTR", "WORKER_ATTR", "DEVICE_ATTR",
     "PRECISION_ATTR", "FID_STEPS_ATTR", "SAMPLES_ATTR", "SECONDS_ATTR", "IMAGES_PER_S_ATTR", "REPORTED_ATTR",
-    "BOOTSTRAP_ATTR", "FID_INFINITY_ATTR", "FIXED_PARAMS", "KINDS",
+    "BOOTSTRAP_ATTR", "FID_INFINITY_ATTR", "FIXED_PARAMS", "SEAL_ATTR", "KINDS",
 ]
 
 # -- on a search study ------------------------------------------------------------------------
@@ -52,7 +52,9 @@ REPORTED_ATTR = "reported"  # distances reported next to the objective (e.g. FD_
 BOOTSTRAP_ATTR = "bootstrap"  # a confirmation job: FID per bootstrap resample
 FID_INFINITY_ATTR = "fid_infinity"
 
-# Optuna's own system attribute for the parameters of an enqueued trial.
+# System attributes (Optuna's own API writes them; optuna-dashboard cannot): the parameters of an
+# enqueued trial, and the seal a worker puts on a trial it finished.
 FIXED_PARAMS = "fixed_params"
+SEAL_ATTR = "skipsearch_seal"  # {"worker": host:pid:device, "digest": sha256 of the schedule it scored}
 
 KINDS = ("baseline", "warm", "paper", "probe", "search")

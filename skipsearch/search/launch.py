@@ -8,6 +8,7 @@ stops the workers, which hand their trials back, and no worker outlives its laun
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import subprocess
 import time
@@ -22,7 +23,7 @@ from ..errors import StudyError, UsageError
 from ..scoring import make_scorer
 from ..target import Target, load_target
 from ._config import StudyConfig
-from ._confirm import warm_points
+from ._confirm import confirmation_pending, warm_points
 from ._processes import WorkerProcess, spawn_workers, stop_workers
 from ._signals import Interrupted, checkpoint, signals_interrupt
 from ._study import Prepared, counts_toward_budget, load_study, prepare_study
@@ -89,7 +90,10 @@ def _prepare(store: StudyStore, ready: Sequence[tuple[StudyConfig, Target]]) -> 
     for config, target in ready:
         describe = {SITE_INFO_ATTR: target.site_info(), SIGMAS_ATTR: target.sigmas(config.recipe())}
         warm = store(warm_points, store.storage, config)
-        prepared.append(store(prepare_study, store, config, target.sites, describe, warm))
+        p = store(prepare_study, store, config, target.sites, describe, warm)
+        if p.complete and store(confirmation_pending, store.storage, p.study, p.config):
+            p = dataclasses.replace(p, complete=False)  # the search is done, its confirmation is not: workers finish it
+        prepared.append(p)
     return prepared
 
 

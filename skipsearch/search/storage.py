@@ -16,6 +16,7 @@ call that rides out outages, the cross-process lock and the settings, opened onc
 from __future__ import annotations
 
 import fcntl
+import gc
 import hashlib
 import logging
 import os
@@ -37,7 +38,7 @@ from optuna.storages import RDBStorage
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
-from ..errors import StorageError
+from ..errors import StorageError, UsageError
 
 __all__ = [
     "StudyStore",
@@ -63,12 +64,23 @@ DATABASE_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+class StorageUnavailable(StorageError):
+    """The database did not answer, or had no connection left: an outage, worth waiting out."""
+
+
 @dataclass(frozen=True)
 class StorageSettings:
     heartbeat_interval: float = 60.0  # seconds between a running trial's heartbeats
     grace_period: float = 300.0  # a RUNNING trial silent this long belongs to a dead worker
     max_retry: int = 3  # re-runs of a trial whose worker died, before it counts as failed
-    outage_limit: float = 600.0  # seconds a worker waits out an unreachable database before it stops
+    outage_limit: float = 600.0  # seconds a worker waits out an unreachable (or full) database before it stops
+    pool_size: int = 2  # PostgreSQL connections a process holds at most: its work and its trial's heartbeat
+
+    def __post_init__(self) -> None:
+        if self.pool_size < 1:
+            raise UsageError(f"--pool-size must be at least 1, got {self.pool_size}")
+        if not (self.heartbeat_interval > 0 and self.grace_period > 0 and self.outage_limit >= 0):
+            raise UsageError("--heartbeat and --grace must be positive and --outage-limit not negative")
 
 
 def _quote_userinfo(rest: str) -> str:
@@ -173,7 +185,9 @@ def describe_database_error(exc: BaseException) -> str:
 
 
 def is_transient(exc: BaseException) -> bool:
-    """An error a worker should wait out (the database is restarting or unreachable)."""
+    """An error a worker should wait out (the database is restarting, unreachable or full)."""
+    if isinstance(exc, StorageUnavailable):
+        return True
     if isinstance(exc, optuna.exceptions.StorageInternalError):
         exc = exc.__cause__ or exc
     if isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated:
@@ -185,16 +199,19 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
-def _engine_kwargs(url: URL) -> dict[str, Any]:
+def _engine_kwargs(url: URL, settings: StorageSettings = StorageSettings()) -> dict[str, Any]:
     if url.drivername.startswith("postgresql"):
         # pre-ping replaces connections a database restart has closed; the timeouts keep a dead
-        # server from hanging a worker (connect) or a half-open connection (TCP keepalives).
+        # server from hanging a worker (connect) or a half-open connection (TCP keepalives). The
+        # pool is the cap: hundreds of workers must fit in max_connections (README, "connections").
         return {
             "pool_pre_ping": True,
-            "pool_size": 2,
-            "max_overflow": 4,
+            "pool_size": settings.pool_size,
+            "max_overflow": 0,
+            "pool_timeout": 60,
             "connect_args": {"connect_timeout": 10, "keepalives": 1, "keepalives_idle": 30,
-                             "keepalives_interval": 10, "keepalives_count": 3},
+                             "keepalives_interval": 10, "keepalives_count": 3,
+                             "application_name": f"skipsearch {os.getpid()}"},  # pg_stat_activity says whose
         }
     if url.drivername.startswith("sqlite"):
         return {"connect_args": {"timeout": 60}}
@@ -257,19 +274,27 @@ def open_storage(
             raise StorageError(f"no skipsearch studies in {mask_url(parsed)}; start a search with `skipsearch launch`")
         if create:
             with storage_lock(parsed, "schema"):
-                return RDBStorage(parsed.render_as_string(hide_password=False), engine_kwargs=_engine_kwargs(parsed))
-        return RDBStorage(parsed.render_as_string(hide_password=False), engine_kwargs=_engine_kwargs(parsed),
+                return RDBStorage(parsed.render_as_string(hide_password=False),
+                                  engine_kwargs=_engine_kwargs(parsed, settings))
+        return RDBStorage(parsed.render_as_string(hide_password=False), engine_kwargs=_engine_kwargs(parsed, settings),
                           skip_table_creation=True)
     except StorageError:
         raise
     except ImportError as e:
         raise StorageError(f"cannot open {mask_url(parsed)}: missing database driver ({e})") from None
     except Exception as e:  # SQLAlchemy/driver errors can carry the URL; never echo a password
-        raise StorageError(f"cannot open storage {mask_url(parsed)}: {describe(e, parsed)}") from None
+        error = StorageUnavailable if is_transient(e) else StorageError
+        message = f"cannot open storage {mask_url(parsed)}: {describe(e, parsed)}"
+    # A storage that failed half-way (a full server refused its second connection) leaves an engine
+    # holding the first one, kept alive by the failure's traceback: with the traceback gone (out of
+    # the except block), collect it now, or a worker retrying holds more connections than its pool.
+    gc.collect()
+    raise error(message)
 
 
 @contextmanager
-def storage_lock(url: str | URL | None, key: str, timeout: float = 120.0) -> Iterator[None]:
+def storage_lock(url: str | URL | None, key: str, timeout: float = 120.0,
+                 engine: sa.Engine | None = None) -> Iterator[None]:
     """An exclusive lock named `key` shared by every process using this storage.
 
     SQLite: an flock on the database's folder (SQLite storage is one machine's).
@@ -303,19 +328,33 @@ def storage_lock(url: str | URL | None, key: str, timeout: float = 120.0) -> Ite
         yield  # other databases: rely on Optuna's own unique constraints
         return
     number = int.from_bytes(hashlib.sha256(f"skipsearch:{key}".encode()).digest()[:8], "little", signed=True)
-    engine = sa.create_engine(parsed, poolclass=sa.pool.NullPool, connect_args=_engine_kwargs(parsed)["connect_args"])
+    # A transaction-level lock on one connection, released when the transaction ends whatever
+    # happens; it holds through PgBouncer's transaction pooling (a session-level lock would not). It is
+    # polled, not waited for: a waiter inside a transaction would pin one of PgBouncer's few server
+    # connections, and enough waiters starve the holder. On the store's own pool when there is one, so
+    # a process never opens a connection beyond its pool.
+    owned = engine is None
+    engine = engine or sa.create_engine(parsed, poolclass=sa.pool.NullPool,
+                                        connect_args=_engine_kwargs(parsed)["connect_args"])
+    deadline = time.monotonic() + timeout
+    pause = 0.02
     try:
-        with engine.connect() as conn:
-            conn.execute(sa.text("SET lock_timeout = :ms"), {"ms": f"{int(timeout * 1000)}"})
-            conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": number})
-            conn.commit()
-            try:
-                yield
-            finally:
-                conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": number})
-                conn.commit()
+        while True:
+            with engine.connect() as conn:
+                if conn.execute(sa.text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": number}).scalar():
+                    try:
+                        yield
+                    finally:
+                        conn.rollback()  # ends the transaction, and the lock with it (nothing was written on it)
+                    return
+                conn.rollback()
+            if time.monotonic() > deadline:
+                raise StorageError(f"timed out after {timeout:.0f} s waiting for the storage lock {key!r}")
+            time.sleep(pause)
+            pause = min(pause * 2, 0.5)
     finally:
-        engine.dispose()
+        if owned:
+            engine.dispose()
 
 
 class Retrying:
@@ -383,10 +422,16 @@ class StudyStore:
 
     @classmethod
     def open(cls, url: str | URL | None = None, settings: StorageSettings = StorageSettings(), *, create: bool = False,
-             log: Callable[[str], None] | None = None) -> StudyStore:
-        """Open `url` (--storage, else $SKIPSEARCH_STORAGE, else ./skipsearch.db); see `open_storage`."""
+             log: Callable[[str], None] | None = None, wait: bool = False) -> StudyStore:
+        """Open `url` (--storage, else $SKIPSEARCH_STORAGE, else ./skipsearch.db); see `open_storage`.
+
+        `wait`: a database that does not answer yet, or has no connection slot free, is waited out
+        like any outage (workers start before the database is back, or while it is full)."""
         parsed = resolve_url(url)
-        return cls(parsed, open_storage(parsed, settings, create=create), settings, log)
+        if not wait:
+            return cls(parsed, open_storage(parsed, settings, create=create), settings, log)
+        retrying = Retrying(parsed, settings, log)
+        return cls(parsed, retrying(open_storage, parsed, settings, create=create), settings, log)
 
     @classmethod
     def of(cls, where: StudyStore | str | URL | None, settings: StorageSettings = StorageSettings(), *,
@@ -398,7 +443,7 @@ class StudyStore:
         return self.retrying(fn, *args, **kwargs)
 
     def lock(self, key: str, timeout: float = 120.0) -> AbstractContextManager[None]:
-        return storage_lock(self.url, key, timeout)
+        return storage_lock(self.url, key, timeout, engine=self.storage.engine)
 
     @property
     def masked(self) -> str:
