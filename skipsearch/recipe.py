@@ -1,4 +1,4 @@
-"""How samples are drawn, as one value: solver, NFE, σ steps, precision, batch, guidance.
+"""How samples are drawn, as one value: solver, NFE, σ steps, precision, batch, guidance, CFG.
 
 A `SamplingRecipe` is built once — from a study's config for its trials and confirmation, or from
 an exported schedule entry for `score`, `sample` and the Python API — and handed down whole to the
@@ -47,6 +47,8 @@ class SamplingRecipe:
     guidance: float = 1.0
     guide_tuned: bool = False
     guide_sha256: str | None = None  # the guide the recipe was searched with, when it was guided
+    cfg: float | None = None  # classifier-free guidance scale of a text-to-image pipeline (None: not one)
+    prompts_sha256: str | None = None  # the prompt set a pipeline's schedule was searched with
     channels_last: bool | None = None  # None: where it pays (convolutions on a GPU)
     guide: Any = field(default=None, compare=False, repr=False)  # the guiding network (an nn.Module)
     decode: Callable[[Any], Any] | None = field(default=None, compare=False, repr=False)  # samples → uint8 images
@@ -62,6 +64,8 @@ class SamplingRecipe:
             raise UsageError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
         if not (math.isfinite(self.guidance) and self.guidance > 0):
             raise UsageError(f"guidance must be finite and positive, got {self.guidance}")
+        if self.cfg is not None and not (math.isfinite(self.cfg) and self.cfg > 0):
+            raise UsageError(f"cfg must be finite and positive, got {self.cfg}")
 
     @property
     def params(self) -> dict[str, Any]:
@@ -81,4 +85,5 @@ class SamplingRecipe:
 
     def describe(self) -> str:
         guided = f", autoguidance g={self.guidance:g}" if self.guided else ""
-        return f"{self.solver} NFE {self.nfe}{guided}"
+        cfg = f", CFG {self.cfg:g}" if self.cfg is not None else ""
+        return f"{self.solver} NFE {self.nfe}{guided}{cfg}"

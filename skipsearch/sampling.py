@@ -31,20 +31,20 @@ __all__ = ["sample", "iter_samples", "SampleOptions", "sample_batches", "recipe_
 
 Precision = Literal["fp32", "bf16", "fp16"]
 PRECISIONS = ("fp32", "bf16", "fp16")
-ScheduleLike = Any  # a SkipSchedule, or an exported ScheduleEntry (which brings its own recipe)
+ScheduleLike = Any  # a SkipSchedule, an exported ScheduleEntry (which brings its own recipe) or a ScheduleDocument
 
 
 def resolve_precision(precision: str, net: nn.Module, device: str | torch.device) -> Precision:
     """`auto`: half precision on a GPU — fp16 through the network's own path where it has one
-    (EDM runs its ADM/DDPM++ networks in fp16 itself), else bf16 — and fp32 on the CPU, where half
-    precision is slower, not faster."""
+    (EDM runs its ADM/DDPM++ networks in fp16 itself) or that is made for fp16 (Stable Diffusion's
+    UNets: `prefers_fp16`), else bf16 — and fp32 on the CPU, where half precision is slower, not faster."""
     if precision != "auto":
         if precision not in PRECISIONS:
             raise UsageError(f"precision must be auto, {', '.join(PRECISIONS)}; not {precision!r}")
         return precision  # type: ignore[return-value]
     if torch.device(device).type != "cuda":
         return "fp32"
-    return "fp16" if hasattr(net, "use_fp16") else "bf16"
+    return "fp16" if hasattr(net, "use_fp16") or getattr(net, "prefers_fp16", False) else "bf16"
 
 
 @contextmanager
@@ -75,14 +75,34 @@ def seed_latents(
     shape: Sequence[int],
     label_dim: int = 0,
     device: str | torch.device = "cpu",
+    by_seed: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Latents [N,*shape] and one-hot labels [N,label_dim] exactly as EDM's generate.py draws them."""
+    """Latents [N,*shape] and one-hot labels [N,label_dim] exactly as EDM's generate.py draws them;
+    `by_seed`: label s mod label_dim for seed s (a prompt set: every trial pairs the same prompt
+    with the same noise)."""
     generators = [torch.Generator(device).manual_seed(int(s) % (1 << 32)) for s in seeds]
     latents = torch.stack([torch.randn(list(shape), generator=g, device=device) for g in generators])
     if not label_dim:
         return latents, None
-    idx = torch.stack([torch.randint(label_dim, size=[], generator=g, device=device) for g in generators])
+    if by_seed:
+        idx = torch.tensor([int(s) % label_dim for s in seeds], device=device)
+    else:
+        idx = torch.stack([torch.randint(label_dim, size=[], generator=g, device=device) for g in generators])
     return latents, torch.eye(label_dim, device=device)[idx]
+
+
+@contextmanager
+def _cfg_scale(net: nn.Module, cfg: float | None) -> Iterator[None]:
+    """A text-to-image denoiser guides with the recipe's classifier-free guidance scale."""
+    if cfg is None or not hasattr(net, "cfg"):
+        yield
+        return
+    previous = net.cfg
+    net.cfg = float(cfg)
+    try:
+        yield
+    finally:
+        net.cfg = previous
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
@@ -141,7 +161,7 @@ def _labels_for(
 
 def _bare(schedule: SkipSchedule | None) -> SkipSchedule | None:
     """The coefficients alone: the guide is another checkpoint than the one a schedule names."""
-    return None if schedule is None else SkipSchedule(schedule.rho, schedule.sigma_range)
+    return None if schedule is None else SkipSchedule(schedule.rho, schedule.sigma_range, freeu=schedule.freeu)
 
 
 def _draw(
@@ -171,12 +191,14 @@ def _draw(
     guide_labels = int(getattr(guide, "label_dim", 0)) if guide is not None else 0
 
     seeds = list(seeds)
+    by_seed = getattr(net, "label_rule", "drawn") == "seed"
     with (torch.inference_mode(), skip_tuned(net, schedule), _native_fp16(net, precision, device) as native,
+          _cfg_scale(net, recipe.cfg),
           skip_tuned(guide, _bare(guide_schedule)) if guide is not None else nullcontext(),
           _native_fp16(guide, precision, device) if guide is not None else nullcontext()):
         for start in range(0, len(seeds), recipe.batch_size):
             batch = seeds[start : start + recipe.batch_size]
-            latents, drawn = seed_latents(batch, shape, label_dim, device)
+            latents, drawn = seed_latents(batch, shape, label_dim, device, by_seed)
             labels = _labels_for(class_labels, drawn, start, start + len(batch), label_dim)
 
             def denoise(x: torch.Tensor, sigma: float, labels: torch.Tensor | None = labels) -> torch.Tensor:
@@ -251,7 +273,10 @@ def recipe_for(
     schedule: ScheduleLike, recipe: SamplingRecipe | None, solver: str | None, nfe: int | None, **given: Any,
 ) -> tuple[SkipSchedule | None, SamplingRecipe]:
     """The recipe of the public sampling calls: `recipe`, else the one an exported entry records,
-    else EDM's steps; keyword arguments given explicitly override it."""
+    else EDM's steps; keyword arguments given explicitly override it. A whole schedules document
+    gives its entry at `nfe` (and `solver`), a family's evaluated there when no entry has that NFE."""
+    if callable(getattr(schedule, "entry", None)) and hasattr(schedule, "families"):
+        schedule = schedule.entry(nfe=nfe, solver=solver)
     schedule, base = _entry_parts(schedule, recipe)
     sigmas = given.pop("sigmas", None)
     time_exponent = given.pop("time_exponent", None)

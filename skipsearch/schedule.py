@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from .errors import ScheduleError
 
-__all__ = ["SkipSite", "SkipSchedule", "ScheduleOrigin", "linear_rho", "ScheduleError", "MAX_RHO"]
+__all__ = ["SkipSite", "SkipSchedule", "ScheduleOrigin", "FreeU", "linear_rho", "ScheduleError", "MAX_RHO"]
 
 MAX_RHO = 10.0  # ten times a skip: far past anything useful; larger is a mistake (or a forged file)
 
@@ -70,6 +70,48 @@ class ScheduleOrigin:
     sites: tuple[tuple[int | None, int], ...] | None = None  # per site: (resolution, channels)
 
 
+# FreeU's published factors (the FreeU repository's table; diffusers' docs use the same for SD 1.5):
+# the reference point a FreeU search enqueues after its baseline.
+FREEU_DEFAULTS = {"sd1": {"b1": 1.5, "b2": 1.6, "s1": 0.9, "s2": 0.2},
+                  "sd2": {"b1": 1.4, "b2": 1.6, "s1": 0.9, "s2": 0.2},
+                  "sdxl": {"b1": 1.3, "b2": 1.4, "s1": 0.9, "s2": 0.2}}
+
+
+@dataclass(frozen=True)
+class FreeU:
+    """FreeU's factors (Si et al. 2023), as diffusers' `enable_freeu(s1, s2, b1, b2)` takes them: in
+    the decoder's two lowest-resolution stages (1: the lowest), the first half of the backbone's
+    channels is multiplied by b, and the skip's lowest frequencies (a 2×2 box around the centre of
+    its shifted 2-D spectrum) by s. (1, 1, 1, 1) changes nothing."""
+
+    b1: float = 1.0
+    b2: float = 1.0
+    s1: float = 1.0
+    s2: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("b1", "b2", "s1", "s2"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ScheduleError(f"FreeU {name} must be a finite number, got {value!r}")
+            if not 0 < value <= MAX_RHO:
+                raise ScheduleError(f"FreeU {name} = {value:g} must lie in (0, {MAX_RHO:g}] (diffusers ignores FreeU "
+                                    "when a factor is 0)")
+            object.__setattr__(self, name, float(value))
+
+    @property
+    def is_identity(self) -> bool:
+        return (self.b1, self.b2, self.s1, self.s2) == (1.0, 1.0, 1.0, 1.0)
+
+    def stage(self, index: int) -> tuple[float, float] | None:
+        """(b, s) of decoder stage `index` (0: the lowest resolution), None past FreeU's two."""
+        return ((self.b1, self.s1), (self.b2, self.s2))[index] if index in (0, 1) else None
+
+    def as_kwargs(self) -> dict[str, float]:
+        """What `pipe.enable_freeu(**...)` takes."""
+        return {"s1": self.s1, "s2": self.s2, "b1": self.b1, "b2": self.b2}
+
+
 @dataclass(frozen=True)
 class SkipSchedule:
     """K skip coefficients, optionally active only for σ in [σ_lo, σ_hi] (ρ = 1 outside).
@@ -80,9 +122,10 @@ class SkipSchedule:
     rho: tuple[float, ...]
     sigma_range: tuple[float, float] | None = None
     origin: ScheduleOrigin | None = field(default=None, compare=False, repr=False)
+    freeu: FreeU | None = None  # FreeU's backbone and skip-spectrum factors, applied with ρ
 
     def __init__(self, rho: Iterable[float], sigma_range: Sequence[float] | None = None,
-                 origin: ScheduleOrigin | None = None) -> None:
+                 origin: ScheduleOrigin | None = None, freeu: FreeU | None = None) -> None:
         try:
             values = tuple(float(r) for r in rho)
         except (TypeError, ValueError):
@@ -96,6 +139,7 @@ class SkipSchedule:
         object.__setattr__(self, "rho", values)
         object.__setattr__(self, "sigma_range", _check_sigma_range(sigma_range))
         object.__setattr__(self, "origin", origin)
+        object.__setattr__(self, "freeu", None if freeu is None or freeu.is_identity else freeu)
 
     @classmethod
     def linear(
@@ -141,7 +185,7 @@ class SkipSchedule:
 
     @property
     def is_identity(self) -> bool:
-        return all(r == 1.0 for r in self.rho)
+        return all(r == 1.0 for r in self.rho) and self.freeu is None
 
     def check_sites(self, num_sites: int) -> None:
         if self.num_skips != num_sites:

@@ -24,14 +24,18 @@ import jsonschema
 from jsonschema.exceptions import best_match
 
 from .errors import ScheduleFileError
+from .family import ScheduleFamily
 from .fileio import atomic_write
 from .recipe import SamplingRecipe
 from .steps import EDM_SIGMA_MAX, EDM_SIGMA_MIN, EDM_TIME_EXPONENT, TimeSteps
-from .schedule import ScheduleOrigin, SkipSchedule
+from .schedule import FreeU, ScheduleOrigin, SkipSchedule
 
 __all__ = [
     "FORMAT",
     "FORMAT_V1_1",
+    "FORMAT_V1_2",
+    "FORMAT_V1_3",
+    "ScheduleFamily",
     "SCHEMA_RESOURCE",
     "ScheduleFileError",
     "ScheduleEntry",
@@ -47,6 +51,8 @@ __all__ = [
 
 FORMAT = "skipsearch.schedules/v1"
 FORMAT_V1_1 = "skipsearch.schedules/v1.1"  # written when an entry uses the v1.1 keys; v1 and any v1.N are read
+FORMAT_V1_2 = "skipsearch.schedules/v1.2"  # written when a file holds families or warped steps
+FORMAT_V1_3 = "skipsearch.schedules/v1.3"  # written when an entry has FreeU factors or a pipeline's conditioning
 SCHEMA_RESOURCE = "schedules-v1.schema.json"
 _FORMAT_PREFIX = "skipsearch.schedules/"
 # Autoguidance, recorded in solver.params: a consumer must guide the same way to see the same gain.
@@ -191,6 +197,23 @@ def _semantic_check(entry: Mapping[str, Any], root: str, source: str | None) -> 
         )
 
 
+def _family_check(family: Mapping[str, Any], root: str, source: str | None) -> None:
+    """What the schema cannot say of a family: finite numbers, a known space, ordered sites."""
+    label = f"{root} (family of {family['model']['name']}, solver {family['solver']['name']})"
+    for parts, value in _non_finite(family):
+        raise ScheduleFileError(f"{_where(source)}{label}: {_path(parts, '').lstrip('.')} is {value}; "
+                                "every number must be finite")
+    lo, hi = family["nfe_range"]
+    if lo > hi:
+        raise ScheduleFileError(f"{_where(source)}{label}: nfe_range [{lo}, {hi}] is reversed")
+    if [site.get("index") for site in family["sites"]] != list(range(len(family["sites"]))):
+        raise ScheduleFileError(f"{_where(source)}{label}: sites must list indices 0..{len(family['sites']) - 1} in order")
+    try:
+        ScheduleFamily.from_json(family)
+    except ScheduleFileError as e:
+        raise ScheduleFileError(f"{_where(source)}{label}: {e}") from None
+
+
 def validate_entry(data: Any, *, root: str = "$", source: str | None = None) -> None:
     """Check one schedule entry (schema + semantics); `root` names it in messages."""
     _schema_check(data, "entry", root, source)
@@ -220,6 +243,8 @@ def validate_document(data: Any, *, source: str | None = None) -> None:
         )
     for i, entry in enumerate(data["schedules"]):
         _semantic_check(entry, _path(("schedules", i)), source)
+    for i, family in enumerate(data.get("families") or []):
+        _family_check(family, _path(("families", i)), source)
 
 
 # --------------------------------------------------------------------------------------------
@@ -263,8 +288,11 @@ class ScheduleEntry:
     study: dict[str, Any] | None = None
     solver_params: dict[str, Any] | None = None  # v1.1
     sigmas: tuple[float, ...] | None = None  # v1.1: descending, ending in 0
+    warp: tuple[float, float] | None = None  # v1.2: the step warp of a steps space (None: EDM's grid)
     sites: list[dict[str, Any]] | None = None  # v1.1: per site: index, resolution, channels, block, encoder
     confirmed: dict[str, Any] | None = None  # v1.1: held-out re-score with intervals
+    freeu: dict[str, float] | None = None  # v1.3: FreeU's factors, as `pipe.enable_freeu(**freeu)` takes them
+    conditioning: dict[str, Any] | None = None  # v1.3: a pipeline's prompts (sha256, count), negative prompt, cfg
 
     def __post_init__(self) -> None:
         try:  # numpy integers from a study become plain ints; anything else is left for validation
@@ -275,12 +303,14 @@ class ScheduleEntry:
         if self.sigma_range is not None:
             object.__setattr__(self, "sigma_range", tuple(float(s) for s in self.sigma_range))
         object.__setattr__(self, "params", dict(self.params or {}))
-        for name in ("score", "baseline", "study", "solver_params", "confirmed"):
+        for name in ("score", "baseline", "study", "solver_params", "confirmed", "freeu", "conditioning"):
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, dict(value))
         if self.sigmas is not None:
             object.__setattr__(self, "sigmas", tuple(float(v) for v in self.sigmas))
+        if self.warp is not None:
+            object.__setattr__(self, "warp", tuple(float(v) for v in self.warp))
         if self.sites is not None:
             object.__setattr__(self, "sites", [dict(site) for site in self.sites])
 
@@ -306,7 +336,8 @@ class ScheduleEntry:
         if self.sites is not None:
             sites = tuple((site.get("resolution"), int(site.get("channels", 0))) for site in self.sites)
         origin = ScheduleOrigin(self.label, self.model_name, self.model_sha256, sites)
-        return SkipSchedule(self.rho, self.sigma_range, origin=origin)
+        freeu = FreeU(**{k: float(v) for k, v in self.freeu.items()}) if self.freeu else None
+        return SkipSchedule(self.rho, self.sigma_range, origin=origin, freeu=freeu)
 
     def recipe(self) -> SamplingRecipe:
         """How the search that chose this schedule sampled: solver and its parameters, NFE, the σ
@@ -325,6 +356,7 @@ class ScheduleEntry:
             sigma_max=EDM_SIGMA_MAX if self.sigma_max is None else self.sigma_max,
             time_exponent=EDM_TIME_EXPONENT if self.time_exponent is None else self.time_exponent,
             sigmas=self.sigmas,
+            warp=self.warp or (0.0, 0.0),
         )
         recorded_grid = None not in (self.sigma_min, self.sigma_max, self.time_exponent)
         if self.sigmas is not None and recorded_grid and not steps.agrees_with_grid():
@@ -342,15 +374,26 @@ class ScheduleEntry:
             raise ScheduleFileError(f"schedule {self.label}: solver.sigmas has {len(self.sigmas)} entries but "
                                     f"{self.solver} at NFE {self.nfe} takes {steps_needed - 1} steps: it needs "
                                     f"{steps_needed}")
+        conditioning = self.conditioning or {}
         try:
             return SamplingRecipe(solver=self.solver, nfe=self.nfe, solver_params=params, steps=steps,
-                                  guidance=guidance, guide_tuned=guide_tuned, guide_sha256=guide_sha256)
+                                  guidance=guidance, guide_tuned=guide_tuned, guide_sha256=guide_sha256,
+                                  cfg=conditioning.get("cfg"), prompts_sha256=conditioning.get("prompts_sha256"))
         except ValueError as e:
             raise ScheduleFileError(f"schedule {self.label}: {e}") from None
 
     @property
     def label(self) -> str:
         return f"{self.model_name}/{self.solver}/nfe{self.nfe}"
+
+    def baseline_recipe(self) -> SamplingRecipe:
+        """How the untuned baseline was sampled: the entry's recipe, on the baseline's own σ steps
+        where the schedule's steps were searched (the baseline is read on EDM's steps)."""
+        recipe = self.recipe()
+        sigmas = (self.baseline or {}).get("sigmas")
+        if sigmas is None:
+            return recipe
+        return recipe.with_(steps=TimeSteps(recipe.steps.sigma_min, recipe.steps.sigma_max, sigmas=tuple(sigmas)))
 
     def matches(self, model: str | None = None, nfe: int | None = None, solver: str | None = None) -> bool:
         """`model` is the model name or its sha256; `solver` is compared case-insensitively."""
@@ -378,6 +421,8 @@ class ScheduleEntry:
                 solver[key] = getattr(self, key)
         if self.solver_params is not None:
             solver["params"] = dict(self.solver_params)
+        if self.warp is not None and any(self.warp):
+            solver["warp"] = list(self.warp)
         if self.sigmas is not None:
             solver["sigmas"] = list(self.sigmas)
         extra: dict[str, Any] = {}
@@ -386,6 +431,10 @@ class ScheduleEntry:
         if self.confirmed is not None:
             extra["confirmed"] = _ordered(self.confirmed, ("seeds", "samples", "value", "interval", "baseline",
                                                           "baseline_interval", "gain", "gain_interval", "significant"))
+        if self.freeu is not None:
+            extra["freeu"] = _ordered(self.freeu, ("s1", "s2", "b1", "b2"))
+        if self.conditioning is not None:
+            extra["conditioning"] = _ordered(self.conditioning, ("prompts", "prompts_sha256", "negative_prompt", "cfg"))
         return {
             "model": {"family": self.model_family, "name": self.model_name, "sha256": self.model_sha256},
             "solver": solver,
@@ -425,8 +474,11 @@ class ScheduleEntry:
             study=data.get("study"),
             solver_params=solver.get("params"),
             sigmas=solver.get("sigmas"),
+            warp=solver.get("warp"),
             sites=data.get("sites"),
             confirmed=data.get("confirmed"),
+            freeu=data.get("freeu"),
+            conditioning=data.get("conditioning"),
         )
 
 
@@ -451,20 +503,31 @@ class ScheduleDocument:
     entries: list[ScheduleEntry]
     created: str
     source: str | None = None
-    format: str = FORMAT  # as read; a written file says v1.1 when an entry needs it
+    format: str = FORMAT  # as read; a written file says v1.1 or v1.2 when its contents need it
+    families: list[ScheduleFamily] = field(default_factory=list)
 
     def select(
         self, model: str | None = None, nfe: int | None = None, solver: str | None = None
     ) -> list[ScheduleEntry]:
-        """All entries matching every given filter, in file order."""
-        return [e for e in self.entries if e.matches(model=model, nfe=nfe, solver=solver)]
+        """All entries matching every given filter, in file order; at an NFE no entry has, the
+        families of that model and solver evaluated there (see `ScheduleFamily`)."""
+        found = [e for e in self.entries if e.matches(model=model, nfe=nfe, solver=solver)]
+        if nfe is None:
+            return found
+        have = {(e.model_name, e.solver) for e in found}
+        for family in self.families:
+            if family.matches(model=model, solver=solver) and (family.model_name, family.solver) not in have:
+                if family.covers(nfe) or not found:
+                    found.append(ScheduleEntry(**family.entry_fields(nfe)))  # outside its range: one line
+        return found
 
     def entry(self, model: str | None = None, nfe: int | None = None, solver: str | None = None) -> ScheduleEntry:
         """The matching entry with the lowest score, the confirmed one where an entry has it (unscored
         entries last; ties: first in file)."""
         matches = self.select(model=model, nfe=nfe, solver=solver)
         if not matches:
-            available = ", ".join(sorted({e.label for e in self.entries})) or "none (the file has no schedules)"
+            labels = {e.label for e in self.entries} | {f.label for f in self.families}
+            available = ", ".join(sorted(labels)) or "none (the file has no schedules)"
             raise ScheduleFileError(
                 f"{_where(self.source)}no schedule for {_describe_filters(model, nfe, solver)}; "
                 f"available (model/solver/nfe): {available}"
@@ -483,13 +546,20 @@ class ScheduleDocument:
 
     def to_json(self) -> dict[str, Any]:
         entries = [e.to_json() for e in self.entries]
+        v1_3 = any("freeu" in e or "conditioning" in e for e in entries)
+        v1_2 = bool(self.families) or any("warp" in e["solver"] for e in entries)
         v1_1 = any("sites" in e or "confirmed" in e or {"params", "sigmas"} & set(e["solver"]) for e in entries)
-        return {"format": FORMAT_V1_1 if v1_1 else FORMAT, "created": self.created, "schedules": entries}
+        fmt = FORMAT_V1_3 if v1_3 else FORMAT_V1_2 if v1_2 else FORMAT_V1_1 if v1_1 else FORMAT
+        out = {"format": fmt, "created": self.created, "schedules": entries}
+        if self.families:
+            out["families"] = [f.to_json() for f in self.families]
+        return out
 
     @classmethod
     def from_json(cls, data: Any, *, source: str | None = None) -> ScheduleDocument:
         validate_document(data, source=source)
-        return cls([ScheduleEntry._parse(e) for e in data["schedules"]], data["created"], source, data["format"])
+        return cls([ScheduleEntry._parse(e) for e in data["schedules"]], data["created"], source, data["format"],
+                   [ScheduleFamily.from_json(f) for f in data.get("families") or []])
 
 
 # --------------------------------------------------------------------------------------------
@@ -545,7 +615,8 @@ def dump_schedules(
     the document's own timestamp when given a ScheduleDocument, else to now (UTC).
     """
     if isinstance(entries, ScheduleDocument):
-        doc = ScheduleDocument(list(entries.entries), created or entries.created, os.fspath(path))
+        doc = ScheduleDocument(list(entries.entries), created or entries.created, os.fspath(path),
+                               families=list(entries.families))
     else:
         doc = ScheduleDocument(list(entries), created or _now(), os.fspath(path))
     data = doc.to_json()
@@ -580,6 +651,9 @@ def entry_from_schedule(
     sigmas: Sequence[float] | None = None,
     sites: Sequence[Mapping[str, Any]] | None = None,
     confirmed: Mapping[str, Any] | None = None,
+    warp: Sequence[float] | None = None,
+    freeu: Mapping[str, float] | None = None,
+    conditioning: Mapping[str, Any] | None = None,
 ) -> ScheduleEntry:
     """Wrap a searched SkipSchedule with the context an export needs."""
     return ScheduleEntry(
@@ -601,4 +675,7 @@ def entry_from_schedule(
         sigmas=None if sigmas is None else tuple(sigmas),
         sites=None if sites is None else [dict(site) for site in sites],
         confirmed=None if confirmed is None else dict(confirmed),
+        warp=None if warp is None else tuple(warp),
+        freeu=None if freeu is None else dict(freeu),
+        conditioning=None if conditioning is None else dict(conditioning),
     )

@@ -374,15 +374,16 @@ def score_schedules(
                 raise ScheduleFileError(
                     f"schedule {entry.label} has {entry.num_skips} coefficients, this network has {sites} skip sites"
                 )
-            recipe, schedule, searched = entry.recipe(), entry.schedule, entry.score_value
-            recipe = recipe.with_(batch_size=own.batch_size, precision=own.precision, channels_last=own.channels_last)
+            recipe, base, schedule, searched = entry.recipe(), entry.baseline_recipe(), entry.schedule, entry.score_value
         else:
-            recipe, schedule, searched = entry, None, None
-        recipe = recipe.with_networks(guide=own.guide, decode=own.decode)
-        if recipe not in baselines:
-            baselines[recipe] = run(f"{recipe.describe()} baseline", recipe, None)
+            recipe, base, schedule, searched = entry, entry, None, None
+        local = dict(batch_size=own.batch_size, precision=own.precision, channels_last=own.channels_last)
+        recipe = recipe.with_(**local).with_networks(guide=own.guide, decode=own.decode)
+        base = base.with_(**local).with_networks(guide=own.guide, decode=own.decode)
+        if base not in baselines:
+            baselines[base] = run(f"{base.describe()} baseline", base, None)
         tuned = None if schedule is None else run(f"{recipe.describe()} schedule", recipe, schedule)
-        yield ScoreRow(recipe.solver, recipe.nfe, baselines[recipe], tuned, searched, recipe)
+        yield ScoreRow(recipe.solver, recipe.nfe, baselines[base], tuned, searched, recipe)
 
 
 def build_reference(

@@ -3,8 +3,13 @@
 Works by structure, so NVlabs EDM/EDM2 objects are handled exactly like ours: the UNet is the
 module holding `enc` and `dec` ModuleDicts (or a diffusers UNet's `down_blocks`/`up_blocks`); a
 decoder block pops a skip when its `in_channels` exceed the channels flowing into it, and the
-popped tensor is the trailing slice of that block's input. A forward pre-hook scales that slice in place — the same values as scaling the skip before
-`torch.cat`, with one elementwise kernel per tuned site and none at all for sites with ρ = 1.
+popped tensor is the trailing slice of that block's input. A forward pre-hook scales that slice in
+place — the same values as scaling the skip before `torch.cat`, with one elementwise kernel per
+tuned site and none at all for sites with ρ = 1.
+
+FreeU rides on the same hooks: its stages are the decoder's two lowest resolutions (a diffusers
+UNet's up blocks 0 and 1, as its `resolution_idx`), where the leading half of the backbone's
+channels (the block input before the skip) is multiplied by b and the skip's lowest frequencies by s.
 """
 
 from __future__ import annotations
@@ -19,10 +24,10 @@ import torch
 from torch import nn
 
 from .errors import ScheduleError, StructureError
-from .schedule import SkipSchedule, SkipSite
+from .schedule import FreeU, SkipSchedule, SkipSite
 
 __all__ = ["skip_sites", "site_paths", "skip_tuned", "SkipTuning", "find_unet", "denoiser_sigma", "check_origin",
-           "IDENTITY_ATTR", "StructureError"]
+           "decoder_stages", "low_frequency_scale", "IDENTITY_ATTR", "StructureError"]
 
 _RES_RE = re.compile(r"^(\d+)x(\d+)_")
 _ACTIVE_ATTR = "_skipsearch_skip_tuned"
@@ -191,19 +196,60 @@ def _window_factor(rho: float, sigma_range: tuple[float, float], tracker: _Sigma
     return factor.reshape(-1, 1, 1, 1)
 
 
-def _make_hook(offset: int, rho: float, sigma_range: tuple[float, float] | None, tracker: _SigmaTracker):
+_UP_BLOCK_RE = re.compile(r"^up_blocks\.(\d+)\.")
+
+
+def decoder_stages(unet: nn.Module) -> list[int | None]:
+    """Per site (push order), its decoder stage counted from the lowest resolution (0): a diffusers
+    UNet's up-block index, else the rank of the consuming block's resolution; None if unknown."""
+    consumers = _analyze(unet)
+    if not _is_edm(unet):
+        found = [_UP_BLOCK_RE.match(c.site.consumer) for c in consumers]
+        return [int(m.group(1)) if m else None for m in found]
+    resolutions = [_RES_RE.match(c.site.consumer) for c in consumers]
+    values = [int(m.group(1)) if m else None for m in resolutions]
+    ranks = {res: rank for rank, res in enumerate(sorted({v for v in values if v is not None}))}
+    return [ranks.get(v) if v is not None else None for v in values]
+
+
+def low_frequency_scale(x: torch.Tensor, scale: float, half_width: int = 1) -> torch.Tensor:
+    """`x` with its lowest spatial frequencies — a (2·half_width)² box around the centre of the
+    shifted 2-D spectrum — multiplied by `scale` (FreeU's skip filter); computed in float32."""
+    spectrum = torch.fft.fftshift(torch.fft.fft2(x.to(torch.float32)), dim=(-2, -1))
+    cy, cx = spectrum.shape[-2] // 2, spectrum.shape[-1] // 2
+    spectrum[..., cy - half_width : cy + half_width, cx - half_width : cx + half_width] *= scale
+    return torch.fft.ifft2(torch.fft.ifftshift(spectrum, dim=(-2, -1))).real.to(x.dtype)
+
+
+def _make_hook(offset: int, rho: float, sigma_range: tuple[float, float] | None, tracker: _SigmaTracker,
+               freeu: tuple[float, float] | None = None):
     def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
+        x = args[0]  # the decoder's fresh torch.cat output: safe to change in place
+        if freeu is not None:  # FreeU has no σ window (diffusers' has none either)
+            b, s = freeu
+            if b != 1.0:
+                x[:, : offset // 2].mul_(b)
+            if s != 1.0:
+                x[:, offset:] = low_frequency_scale(x[:, offset:], s)
+        if rho == 1.0:
+            return
         factor: float | torch.Tensor | None = rho
         if sigma_range is not None:
             factor = _window_factor(rho, sigma_range, tracker)
             if factor is None:
                 return
-        x = args[0]
         if isinstance(factor, torch.Tensor):
             factor = factor.to(device=x.device, dtype=x.dtype)
-        x[:, offset:].mul_(factor)  # the decoder's fresh torch.cat output: safe to scale in place
+        x[:, offset:].mul_(factor)
 
     return hook
+
+
+def _freeu_stage(freeu: FreeU | None, stage: int | None) -> tuple[float, float] | None:
+    if freeu is None or stage is None:
+        return None
+    factors = freeu.stage(stage)
+    return None if factors is None or factors == (1.0, 1.0) else factors
 
 
 IDENTITY_ATTR = "skipsearch_identity"  # set by load_network: the checkpoint's name and (lazily) sha256
@@ -263,10 +309,13 @@ class SkipTuning:
             if schedule.sigma_range is not None:
                 self.handles.append(net.register_forward_pre_hook(tracker.before, with_kwargs=True))
                 self.handles.append(net.register_forward_hook(tracker.after, with_kwargs=True, always_call=True))
+            stages = decoder_stages(unet) if schedule.freeu is not None else [None] * len(consumers)
             for consumer in consumers:
                 rho = schedule.rho[consumer.site.index]
-                if rho != 1.0:
-                    hook = _make_hook(consumer.offset, rho, schedule.sigma_range, tracker)
+                stage = stages[consumer.site.index]
+                freeu = _freeu_stage(schedule.freeu, stage)
+                if rho != 1.0 or freeu is not None:
+                    hook = _make_hook(consumer.offset, rho, schedule.sigma_range, tracker, freeu)
                     self.handles.append(consumer.block.register_forward_pre_hook(hook))
         except BaseException:
             self.remove()

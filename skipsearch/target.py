@@ -16,23 +16,35 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import CheckpointError, ScheduleFileError
+from .errors import CheckpointError, ScheduleFileError, UsageError
 from .models.builtin import builtin_info
 from .registry import BUILTIN_PREFIX
 from .models.vae import LatentCodec, LatentDecoder, load_vae
 from .models.loading import checkpoint_sha256, load_network, model_choices, model_name, resolve_model_source
+from .prompts import Prompts
 from .recipe import SamplingRecipe
 from .sampling import recipe_sigma_list, resolve_precision
 from .schedule import SkipSchedule, SkipSite
 from .schedule_file import ScheduleDocument, ScheduleEntry
 from .skiptune import find_unet, site_paths, skip_sites
 
-__all__ = ["Target", "load_target", "resolve_source", "source_name", "source_sha256", "model_choices", "BUILTIN_PREFIX"]
+__all__ = ["Target", "load_target", "resolve_source", "source_name", "source_sha256", "model_choices", "pipeline_variant",
+           "BUILTIN_PREFIX"]
 
 
 def resolve_source(model: str, checkpoint: str | Path | None = None) -> str:
     """`builtin:NAME` or a checkpoint path, from --model (a family or builtin:NAME) and --checkpoint."""
     return resolve_model_source(model, checkpoint)
+
+
+def pipeline_variant(source: str) -> str:
+    """sd1, sd2 or sdxl for a text-to-image pipeline folder, "" for any other network (reads two small
+    JSON files; an unsupported pipeline is refused in one line)."""
+    if source.startswith(BUILTIN_PREFIX):
+        return ""
+    from .models.pipelines import pipeline_variant as variant
+
+    return variant(Path(source))
 
 
 def source_name(source: str) -> str:
@@ -98,13 +110,24 @@ class Target:
         return resolve_precision(requested, self.net, device)
 
     @property
+    def pipeline(self) -> bool:
+        """A text-to-image pipeline: prompt-conditioned, decoded by its own VAE."""
+        return callable(getattr(self.net, "set_prompts", None))
+
+    @property
     def latent(self) -> bool:
-        """Its samples are VAE latents (EDM2 img512), decoded before features see them."""
-        return LatentCodec.of(self.net).kind == "vae"
+        """Its samples are VAE latents (EDM2 img512, a pipeline's), decoded before features see them."""
+        return self.pipeline or LatentCodec.of(self.net).kind == "vae"
 
     def decoder(self, vae: str | None, device: str | torch.device = "cpu") -> Callable[[torch.Tensor], torch.Tensor] | None:
         """What turns this network's samples into uint8 images: None (EDM's RGB conversion) for a pixel
-        network; for a latent one, the VAE decoder loaded from the local folder `vae`."""
+        network; for a latent one, the VAE decoder loaded from the local folder `vae` (a pipeline's own)."""
+        if self.pipeline:
+            if vae is not None:
+                raise CheckpointError(f"{self.source} decodes with its pipeline's own VAE: drop --vae {vae}")
+            from .models.pipelines import PipelineDecoder
+
+            return PipelineDecoder(self.net.vae, upcast=self.net.variant == "sdxl")
         if not self.latent:
             if vae is not None:
                 raise CheckpointError(f"{self.source} samples images, not VAE latents: drop --vae {vae}")
@@ -165,6 +188,11 @@ class Target:
         return found
 
 
-def load_target(source: str, device: str | torch.device = "cpu") -> Target:
+def load_target(source: str, device: str | torch.device = "cpu", prompts: Prompts | None = None) -> Target:
+    """The network in `source` on `device`; a text-to-image pipeline embeds `prompts` once here."""
     net = load_network(source, device=device)
+    if prompts is not None:
+        if not callable(getattr(net, "set_prompts", None)):
+            raise UsageError(f"{source} is not a text-to-image pipeline: it takes no prompts")
+        net.set_prompts(prompts)
     return Target(source, net, skip_sites(net))

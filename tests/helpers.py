@@ -6,6 +6,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -29,6 +30,15 @@ def tiny_config(checkpoint: Path, tmp_path: Path, **overrides: Any) -> StudyConf
                 trials=6, sampler="random", artifacts=str(tmp_path / "artifacts"), confirm_top=0)
     base.update(overrides)
     return StudyConfig.from_dict(base)
+
+
+def run_cli(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """`skipsearch ARGS` as its own process (as a user runs it), at 100 columns, with no storage from the
+    environment."""
+    env = {**os.environ, "COLUMNS": "100"}
+    env.pop("SKIPSEARCH_STORAGE", None)
+    return subprocess.run([sys.executable, "-m", "skipsearch", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str, every: float = 0.2) -> Any:

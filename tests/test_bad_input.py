@@ -77,7 +77,66 @@ def work(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path) -> Pat
     from hostile_files import write_hostile_files
 
     write_hostile_files(root, tiny_checkpoint)
+    _family_files(root, entry)
+    _pipeline_files(root, tiny_checkpoint)
     return root
+
+
+def _pipeline_files(root: Path, tiny_checkpoint: Path) -> None:
+    """A tiny Stable Diffusion folder and four damaged copies; a class-conditional EDM network."""
+    from conftest import TINY_NET
+
+    torch.manual_seed(1)
+    cond = dict(TINY_NET, label_dim=10)
+    from skipsearch.models.edm import EDMPrecond
+
+    torch.save(EDMPrecond(**cond).state_dict(), root / "cond.pt")
+    (root / "cond.json").write_text(json.dumps({"constructor_kwargs": cond}))
+    (root / "prompts.txt").write_text("a red cat\na tree\n")
+    (root / "no-prompts.txt").write_text("\n  \n")
+    try:
+        import diffusers  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError:
+        return
+    import pickle
+
+    from sd_pipeline import write_tiny_sd
+
+    sd = write_tiny_sd(root / "sd")
+    shutil.copytree(sd, root / "sd-no-index")
+    (root / "sd-no-index" / "model_index.json").unlink()
+    shutil.copytree(sd, root / "sd3")
+    index = json.loads((sd / "model_index.json").read_text())
+    (root / "sd3" / "model_index.json").write_text(json.dumps(dict(index, _class_name="StableDiffusion3Pipeline")))
+    shutil.copytree(sd, root / "sd-pickle")
+    next((root / "sd-pickle" / "text_encoder").glob("*.safetensors")).unlink()
+
+    class Code:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    (root / "sd-pickle" / "text_encoder" / "pytorch_model.bin").write_bytes(pickle.dumps({"w": Code()}))
+
+
+def _family_files(root: Path, entry: dict) -> None:
+    """A study at one NFE only (nothing to fit a family to) and a family file fitted to NFE 4..8."""
+    from skipsearch.family import ScheduleFamily
+    from skipsearch.search import run_worker
+
+    one = f"sqlite:///{root / 'one-nfe.db'}"
+    prepare_studies(one, [tiny_config(root / "tiny.pt", root, trials=1, samples=8, fidelity=[1.0],
+                                      artifacts=str(root / "one-artifacts"))])
+    run_worker(one, None, log=lambda m: None)
+    sites = [{"index": i, "resolution": 8, "channels": 1, "block": f"b{i}", "encoder": f"e{i}"} for i in range(4)]
+    fam = ScheduleFamily(model_name="tiny", solver="euler", space="linear", nfe_range=(4, 8),
+                         fit={"rho_top": (0.5, 0.0), "rho_bottom": (1.0, 0.0), "curve": (0.0, 0.0)},
+                         bounds={}, studies=[], sites=sites)
+    doc = {"format": "skipsearch.schedules/v1.2", "created": "2026-11-28T00:00:00Z", "schedules": [entry],
+           "families": [fam.to_json()]}
+    (root / "family.json").write_text(json.dumps(doc))
+    doc["families"][0]["nfe_range"] = [8, 4]
+    (root / "family-reversed.json").write_text(json.dumps(doc))
 
 
 def _snapshot(root: Path) -> dict[str, tuple[int, str]]:
@@ -94,6 +153,10 @@ DB = "sqlite:///studies.db"
 MINE = ["--checkpoint", "tiny.pt", "--study", "edm-tiny", "--samples", "24", "--ref", "builtin:edm-digits",
         "--features", "skipsearch-digits", "--no-workers"]
 TINY = [*MINE, "--solver", "euler", "--nfe", "2"]
+COND = ["--checkpoint", "cond.pt", "--study", "cond", "--ref", "builtin:edm-digits", "--features", "skipsearch-digits",
+        "--no-workers", "--nfe", "2"]
+PIPE = ["--study", "sd", "--ref", "builtin:edm-digits", "--features", "skipsearch-digits", "--no-workers", "--nfe", "6",
+        "--prompts", "prompts.txt"]
 
 CASES: list[tuple[str, list[str], str]] = [
     # damaged or missing storage
@@ -196,6 +259,39 @@ CASES: list[tuple[str, list[str], str]] = [
     ("pool size zero", ["worker", "--storage", DB, "--pool-size", "0"], "--pool-size must be at least 1"),
     ("rho above its cap", ["sample", "--nfe", "2", "--count", "1", "--rho-top", "20"], "at most 10"),
     ("sample at an NFE over the cap", ["sample", "--nfe", "5000", "--count", "1"], "at most 1000"),
+    # steps spaces and families (issue 16)
+    ("exponent bounds below 1", ["launch", "--storage", DB, *TINY, "--study", "st", "--space", "steps",
+                                 "--exponent-bounds", "0.5", "7"], "exponent bounds must lie within [1, 100]"),
+    ("crowd bounds too wide", ["launch", "--storage", DB, *TINY, "--study", "st", "--space", "linear+steps",
+                               "--crowd-bounds", "-3", "3"], "crowd bounds must lie within ±2"),
+    ("reversed crowd bounds", ["launch", "--storage", DB, *TINY, "--study", "st", "--space", "steps",
+                               "--crowd-bounds", "1", "-1"], "low < high"),
+    ("steps bounds for a ρ-only space", ["launch", "--storage", DB, *TINY, "--study", "st",
+                                         "--exponent-bounds", "3", "9"], "does not search"),
+    ("export neither to a file nor σ lists", ["export", "--storage", DB], "give -o FILE"),
+    ("a family from one NFE", ["export", "--family", "-o", "fam.json", "--storage", "sqlite:///one-nfe.db"],
+     "no family to fit"),
+    ("a family outside its NFE range", ["sample", "--checkpoint", "tiny.pt", "--schedule", "family.json",
+                                        "--nfe", "12", "--count", "1"], "outside it"),
+    ("validate a family with a reversed range", ["validate", "family-reversed.json"], "reversed"),
+    # text-to-image pipelines (issue 17)
+    ("a pipeline folder without model_index.json", ["launch", "--storage", DB, *PIPE, "--checkpoint", "sd-no-index"],
+     "a UNet2DConditionModel without its pipeline"),
+    ("a pipeline class not supported", ["launch", "--storage", DB, *PIPE, "--checkpoint", "sd3"],
+     "'StableDiffusion3Pipeline' pipeline"),
+    ("a pickle weight file in a pipeline", ["launch", "--storage", DB, *PIPE, "--checkpoint", "sd-pickle"],
+     "pytorch_model.bin"),
+    ("an empty prompts file", ["launch", "--storage", DB, *PIPE[:-2], "--prompts", "no-prompts.txt", "--checkpoint",
+                               "sd"], "holds no prompts"),
+    ("a pipeline without prompts", ["launch", "--storage", DB, *PIPE[:-2], "--checkpoint", "sd"], "--prompts"),
+    ("--cfg on an unconditional network", ["launch", "--storage", DB, *TINY, "--study", "st", "--cfg", "5"],
+     "--cfg is for text-to-image pipelines"),
+    ("prompts for a class-conditional EDM network", ["launch", "--storage", DB, *COND, "--prompts", "prompts.txt"],
+     "--prompts is for text-to-image pipelines"),
+    ("a negative prompt for an EDM network", ["launch", "--storage", DB, *TINY, "--study", "st",
+                                              "--negative-prompt", "blurry"], "--negative-prompt is for"),
+    ("a guidance scale out of range", ["launch", "--storage", DB, *PIPE, "--checkpoint", "sd", "--cfg", "500"],
+     "cfg"),
 ]
 
 
@@ -203,6 +299,8 @@ CASES: list[tuple[str, list[str], str]] = [
 def test_bad_input(name: str, args: list[str], needle: str, work: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(work)
     monkeypatch.delenv("SKIPSEARCH_STORAGE", raising=False)
+    if "--checkpoint" in args and args[args.index("--checkpoint") + 1].startswith("sd") and not (work / "sd").is_dir():
+        pytest.skip("text-to-image rows need diffusers and transformers (the test extra)")
     before = _snapshot(work)
     result = runner.invoke(app, args)
     lines = [line for line in result.stderr.splitlines() if line.strip()]

@@ -285,3 +285,87 @@ def test_folders_it_cannot_wrap_are_refused_in_one_line(tmp_path: Path) -> None:
     (folder / "unet" / "config.json").write_text("{\n")
     with pytest.raises(CheckpointError, match="cannot read the UNet config"):
         load_network(str(folder))
+
+
+def test_a_steps_schedule_in_a_diffusers_euler_loop_equals_the_projects_euler(tmp_path: Path) -> None:
+    """The same UNet folder, σ list, noise and ρ: diffusers' EulerDiscreteScheduler, fed
+    `schedule_steps` and wrapped by `apply_schedule`, gives the project's own euler images.
+
+    Tolerance 2e-4 (images in about [-1, 1]): diffusers holds σ and timesteps in float32 while the
+    project's solver works in float64; measured 3e-5. The controls differ by > 100× that: the
+    same loop on EDM's steps, and the same steps without the schedule's ρ."""
+    from skipsearch import ScheduleEntry, load_network, sample, skip_sites
+    from skipsearch.integrations.diffusers import schedule_steps
+    from skipsearch.models.diffusers import folder_sha256
+    from skipsearch.skiptune import site_paths
+    from skipsearch.steps import TimeSteps, edm_sigma_list
+
+    folder = save_folder(tmp_path)
+    net = load_network(str(folder))
+    sigmas = TimeSteps(sigma_min=0.05, sigma_max=60.0, time_exponent=4.0, warp=(0.8, -0.6)).sigma_list(6)
+    sites = [{"index": s.index, "resolution": s.resolution, "channels": s.channels, "block": block, "encoder": enc}
+             for s, (block, enc) in zip(skip_sites(net), site_paths(net.unet))]
+    entry = ScheduleEntry(model_family="diffusers", model_name=folder.name, model_sha256=folder_sha256(folder),
+                          solver="euler", nfe=6, rho=(0.55, 0.7, 0.85, 1.0), sigma_min=0.05, sigma_max=60.0,
+                          time_exponent=4.0, warp=(0.8, -0.6), sigmas=sigmas, sites=sites)
+    seeds = [11, 12]
+    with torch.no_grad():
+        ours = sample(net, seeds, schedule=entry).float()
+    noise = torch.stack([torch.randn(3, 8, 8, generator=torch.Generator().manual_seed(s)) for s in seeds])
+
+    unet = diffusers.UNet2DModel.from_pretrained(folder / "unet").eval()
+    # "linspace" spacing starts from noise·σ_max as the project does; DDPM's "leading" starts from
+    # noise·√(σ_max² + 1) (diffusers' convention for it), 0.007% more here, 0.03 in the images.
+    scheduler = diffusers.EulerDiscreteScheduler.from_pretrained(folder / "scheduler", timestep_spacing="linspace")
+
+    def pipeline_euler(step_args: dict[str, Any], schedule: Any = None) -> torch.Tensor:
+        scheduler.set_timesteps(**step_args)
+        x = noise * scheduler.init_noise_sigma
+        with torch.no_grad():
+            if schedule is None:
+                for t in scheduler.timesteps:
+                    x = scheduler.step(unet(scheduler.scale_model_input(x, t), t).sample, t, x).prev_sample
+                return x
+            with apply_schedule(unet, schedule, scheduler=scheduler):
+                for t in scheduler.timesteps:
+                    x = scheduler.step(unet(scheduler.scale_model_input(x, t), t).sample, t, x).prev_sample
+        return x
+
+    step_args = schedule_steps(scheduler, entry)
+    assert step_args == {"sigmas": sigmas}
+    theirs = pipeline_euler(step_args, entry)
+    gap = (ours - theirs).abs().max().item()
+    print(f"\ndiffusers Euler vs project euler, max |Δ| = {gap:.2e}")
+    assert gap < 2e-4, gap
+    on_edm_steps = pipeline_euler({"sigmas": edm_sigma_list(6, 0.05, 60.0)}, entry)
+    without_rho = pipeline_euler(step_args)
+    assert (ours - on_edm_steps).abs().max().item() > 100 * max(gap, 2e-6)
+    assert (ours - without_rho).abs().max().item() > 100 * max(gap, 2e-6)
+
+
+def test_apply_schedule_and_schedule_steps_take_a_family_and_an_nfe(tmp_path: Path) -> None:
+    from skipsearch import ScheduleDocument, ScheduleEntry, dump_schedules
+    from skipsearch.family import ScheduleFamily
+    from skipsearch.integrations.diffusers import schedule_steps
+
+    unet = tiny_unet2d()
+    sites = [{"index": i, "resolution": 8, "channels": 8, "block": block, "encoder": "conv_in"}
+             for i, block in enumerate(unet_sites(unet))]
+    fam = ScheduleFamily(model_name="tiny", model_family="diffusers", solver="euler", space="linear+steps",
+                         nfe_range=(4, 12), fit={"rho_top": (0.1, 0.2), "rho_bottom": (1.0, 0.0), "curve": (0.0, 0.0),
+                                                 "steps.exponent": (7.0, 0.0), "steps.crowd_high": (0.5, 0.0),
+                                                 "steps.crowd_low": (0.0, 0.0)},
+                         bounds={}, studies=[], sites=sites, sigma_min=0.02, sigma_max=80.0)
+    path = tmp_path / "family.json"
+    dump_schedules(ScheduleDocument([], "2026-12-01T00:00:00Z", families=[fam]), path)
+    at7 = ScheduleEntry(**fam.entry_fields(7))
+    scheduler = diffusers.EulerDiscreteScheduler(num_train_timesteps=1000)
+    assert schedule_steps(scheduler, path, nfe=7) == {"sigmas": list(at7.sigmas)}
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    with apply_schedule(unet, path, nfe=7, check_model=False):
+        tuned = run_unet(unet, x, 10)
+    with apply_schedule(unet, at7.schedule, check_model=False):
+        expected = run_unet(unet, x, 10)
+    assert torch.equal(tuned, expected) and not torch.equal(tuned, run_unet(unet, x, 10))
+    with pytest.raises(ScheduleFileError, match="outside"):
+        install_schedule(unet, path, nfe=20, check_model=False)

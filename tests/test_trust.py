@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
-import resource
 import shutil
 import signal
 import subprocess
@@ -25,7 +23,7 @@ from optuna.trial import TrialState
 from typer.testing import CliRunner
 
 from skipsearch.cli import app
-from skipsearch.search import StorageSettings, StudyStore, export_schedules, prepare_studies, run_worker, spawn_workers
+from skipsearch.search import StorageSettings, export_schedules, prepare_studies, run_worker, spawn_workers
 from skipsearch.search._confirm import confirm_name
 from skipsearch.search.attrs import KIND_ATTR, VERSION_ATTR
 from skipsearch.search.storage import open_storage
@@ -66,7 +64,7 @@ def test_the_dashboard_cannot_rewrite_results(allow_writes: bool, tiny_checkpoin
     run_worker(url, None, log=lambda m: None)
     study = optuna.load_study(study_name=p.config.study_name, storage=open_storage(url))
     honest = export_schedules(url, tmp_path / "honest.json")[0].entries[0]
-    forged = study.enqueue_trial({"rho_top": 0.31, "rho_bottom": 0.31, "curve": 0.0})  # a slot a worker would run
+    study.enqueue_trial({"rho_top": 0.31, "rho_bottom": 0.31, "curve": 0.0})  # a slot a worker would run
     target = study.get_trials(deepcopy=False)[-1]._trial_id
     port = free_port()
     args = [sys.executable, "-m", "skipsearch", "dashboard", "--port", str(port)] + (["--allow-writes"] * allow_writes)
@@ -81,7 +79,12 @@ def test_the_dashboard_cannot_rewrite_results(allow_writes: bool, tiny_checkpoin
         delete = None if allow_writes else _request("DELETE", f"{base}/api/studies/{study._study_id}")
     finally:
         server.send_signal(signal.SIGINT)
-        server.communicate(timeout=60)
+        try:
+            server.communicate(timeout=60)
+        except subprocess.TimeoutExpired:  # never leave a server behind, whatever failed
+            server.kill()
+            server.communicate()
+            raise
     if not allow_writes:
         assert (attrs, tell, delete) == (405, 405, 405)
         assert study.get_trials(deepcopy=False)[-1].state == TrialState.WAITING

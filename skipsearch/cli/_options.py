@@ -25,3 +25,6 @@ CheckpointOpt = Annotated[
 DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda, cuda:1, ...")]
 FeaturesWeightsOpt = Annotated[Optional[str], typer.Option(help="Local weights file for the feature extractor.")]
 VaeOpt = Annotated[Optional[Path], typer.Option(help="Latent networks (EDM2 img512): the local VAE folder.")]
+PromptsOpt = Annotated[Optional[Path], typer.Option(
+    help="Text-to-image pipelines: prompts file (a line each, a JSON list or COCO captions); seed s gets prompt s mod P.")]
+CfgOpt = Annotated[Optional[float], typer.Option(help="Text-to-image pipelines: classifier-free guidance scale.")]

@@ -147,6 +147,15 @@ def _change_interval(pair: tuple[float, float] | None) -> str:
     return f" [{format_change(-pair[1])}, {format_change(-pair[0])}]"
 
 
+def sigma_extremes(sigmas: Sequence[float] | None) -> str:
+    """A σ list by its ends, the part a steps search moves: "σ 80, 42.4 … 0.0213, 0.002"."""
+    values = [v for v in sigmas or () if v > 0]
+    shown = [f"{v:.3g}" for v in values]
+    if len(shown) > 4:
+        shown = shown[:2] + ["…"] + shown[-2:]
+    return "σ " + ", ".join(shown).replace(", …,", " …") if shown else ""
+
+
 def _confirmed_table(s: StudySummary, layout: int) -> Table:
     """layout 0: one line per schedule; 1: intervals on a second line; 2: that, without side borders."""
     c = s.confirmation
@@ -159,10 +168,12 @@ def _confirmed_table(s: StudySummary, layout: int) -> Table:
     for column, justify in (("schedule", "left"), ("search", "right"), ("held-out FID [95%]", "right"),
                             ("FID change [95%]", "right")):
         table.add_column(column, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    steps = "steps" in s.config.space.split("+")  # a steps space: each schedule's σ list is its own
     for r in c.rows:
+        label = f"trial {r.source_trial}{gap}({r.kind})" + (f"{gap}{sigma_extremes(r.sigmas)}" if steps else "")
         change = "—" if r.gain is None else format_change(-r.gain) + gap + _change_interval(r.gain_interval).lstrip()
         style = "" if r.significant is None else ("green" if r.significant and (r.gain or 0) > 0 else "yellow")
-        table.add_row(f"trial {r.source_trial}{gap}({r.kind})", fmt(r.search_value),
+        table.add_row(label, fmt(r.search_value),
                       fmt(r.value) + gap + _interval(r.interval).lstrip(), Text(change.rstrip(), style=style))
     return table
 

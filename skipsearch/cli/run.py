@@ -54,19 +54,29 @@ def launch(
     features_weights: FeaturesWeightsOpt = None,
     storage: StorageOpt = None,
     study: Annotated[Optional[str], typer.Option("--study", help="Model name to file studies under.")] = None,
-    space: Annotated[Optional[str], typer.Option(help="linear, stages or linear+window.")] = None,
+    space: Annotated[Optional[str], typer.Option(help="linear, stages, linear+window; steps, linear+steps, "
+                                                      "stages+steps (the σ steps too); freeu.")] = None,
     sampler: Annotated[Optional[str], typer.Option(help="gp (default), tpe or random.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Sampler seed.")] = None,
     rho_bounds: Annotated[Optional[tuple[float, float]], typer.Option(
         metavar="LO HI", help="Range of each ρ (default 0.3 1.1).")] = None,
     curve_bounds: Annotated[Optional[tuple[float, float]], typer.Option(
         metavar="LO HI", help="Range of curve (default -2 2).")] = None,
+    exponent_bounds: Annotated[Optional[tuple[float, float]], typer.Option(
+        metavar="LO HI", help="Steps spaces: range of the time exponent (default 2 20; EDM's is 7).")] = None,
+    crowd_bounds: Annotated[Optional[tuple[float, float]], typer.Option(
+        metavar="LO HI", help="Steps spaces: range of the step warp (default -1 1, at most ±2).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Images per network call.")] = None,
     guide: Annotated[Optional[Path], typer.Option(help="Autoguidance: the guiding network.")] = None,
     guidance: Annotated[Optional[float], typer.Option(help="Guidance strength g (with --guide).")] = None,
     tune_guide: Annotated[Optional[bool], typer.Option("--tune-guide", help="Apply each schedule to the guide too.",
                                                        show_default=False)] = None,
     vae: Annotated[Optional[Path], typer.Option(help="Latent networks: the local VAE folder.")] = None,
+    prompts: Annotated[Optional[Path], typer.Option(help="Text-to-image pipelines: prompts file (a line each, a "
+                                                         "JSON list or COCO captions); seed s gets prompt s mod P.")] = None,
+    cfg: Annotated[Optional[float], typer.Option(help="Text-to-image pipelines: classifier-free guidance scale "
+                                                      "(default 7.5; SDXL 5).")] = None,
+    negative_prompt: Annotated[Optional[str], typer.Option(help="Text-to-image pipelines: CFG's negative prompt.")] = None,
     report_features: Annotated[Optional[list[str]], typer.Option(
         "--report", metavar="NAME", help="Also report this distance (feature extractor).")] = None,
     confirm_top: Annotated[Optional[int], typer.Option(help="Best schedules to confirm on held-out seeds "
@@ -91,10 +101,16 @@ def launch(
         features_weights=features_weights, model_name=study, space=space, sampler=sampler, sampler_seed=seed,
         batch_size=batch_size, confirm_top=confirm_top, confirm_samples=confirm_samples,
         guide=_path(guide), guidance=guidance, tune_guide=tune_guide, vae=_path(vae),
+        prompts=_path(prompts), cfg=cfg, negative_prompt=negative_prompt,
         report_features=list(report_features) if report_features else None,
         rho_bounds=list(rho_bounds) if rho_bounds else None,
         curve_bounds=list(curve_bounds) if curve_bounds else None,
+        exponent_bounds=list(exponent_bounds) if exponent_bounds else None,
+        crowd_bounds=list(crowd_bounds) if crowd_bounds else None,
     )
+    if (exponent_bounds or crowd_bounds) and not any("steps" in c.space.split("+") for c in configs):
+        raise UsageError(f"--exponent-bounds and --crowd-bounds shape the σ steps, which --space {configs[0].space} "
+                         "does not search; use --space steps, linear+steps or stages+steps")
     plan = LaunchPlan(configs, [] if no_workers else worker_devices(device, gpus),
                       StorageSettings(heartbeat_interval=heartbeat, grace_period=grace, outage_limit=outage_limit,
                                       pool_size=pool_size),
@@ -127,6 +143,7 @@ def worker(
     artifacts: Annotated[Optional[Path], typer.Option(help="This node's artifact folder (sample grids).")] = None,
     guide: Annotated[Optional[Path], typer.Option(help="This node's path to the study's guiding network.")] = None,
     vae: Annotated[Optional[Path], typer.Option(help="This node's VAE folder (latent networks).")] = None,
+    prompts: Annotated[Optional[Path], typer.Option(help="This node's copy of the study's prompts file.")] = None,
     heartbeat: HeartbeatOpt = 60.0,
     grace: GraceOpt = 300.0,
     outage_limit: OutageOpt = 600.0,
@@ -143,7 +160,7 @@ def worker(
     settings = StorageSettings(heartbeat_interval=heartbeat, grace_period=grace, outage_limit=outage_limit,
                                pool_size=pool_size)
     node = NodePaths(checkpoint=_path(checkpoint), reference=ref, features_weights=features_weights,
-                     artifacts=_path(artifacts), guide=_path(guide), vae=_path(vae))
+                     artifacts=_path(artifacts), guide=_path(guide), vae=_path(vae), prompts=_path(prompts))
     log = lambda m: console.print(prefix + m, highlight=False, soft_wrap=True)  # noqa: E731
     prefix = os.environ.get("SKIPSEARCH_LOG_PREFIX", "")
     store = StudyStore.open(storage, settings, log=log, wait=True)  # a database restarting or full is waited out

@@ -17,7 +17,7 @@ from rich.table import Table
 from ..changes import format_change
 from ..errors import ScheduleFileError, UsageError
 from ._output import console, fmt, interactive, progress_bar
-from ._options import CheckpointOpt, DeviceOpt, FeaturesWeightsOpt, ModelOpt, VaeOpt
+from ._options import CfgOpt, CheckpointOpt, DeviceOpt, FeaturesWeightsOpt, ModelOpt, PromptsOpt, VaeOpt
 
 if TYPE_CHECKING:
     from ..recipe import SamplingRecipe
@@ -61,6 +61,21 @@ def _load(model: str, checkpoint: Path | None, device: str) -> Target:
     return load_target(resolve_source(model, checkpoint), device)
 
 
+def _prompt(target: Target, prompts: Path | None, entries: list[ScheduleEntry]) -> None:
+    """A pipeline samples the prompts given (with the negative prompt its schedule was searched with);
+    any other network takes none."""
+    if not target.pipeline:
+        if prompts is not None:
+            raise UsageError(f"--prompts is for text-to-image pipelines; {target.name} is not one")
+        return
+    if prompts is None:
+        raise UsageError(f"{target.name} is a text-to-image pipeline: give --prompts FILE")
+    from ..prompts import read_prompts
+
+    negative = next(((e.conditioning or {}).get("negative_prompt") for e in entries if e.conditioning), None)
+    target.net.set_prompts(read_prompts(prompts, negative))
+
+
 def score(
     schedule: Annotated[Optional[Path], typer.Option("--schedule", help="Exported schedules JSON to re-score.")] = None,
     model: ModelOpt = "edm",
@@ -76,6 +91,8 @@ def score(
     device: DeviceOpt = "cpu",
     vae: VaeOpt = None,
     guide: GuideOpt = None,
+    prompts: PromptsOpt = None,
+    cfg: CfgOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON row per entry, for scripts.")] = False,
 ) -> None:
     """Re-score schedules (and the untuned baseline) on held-out seeds: the confirmation step."""
@@ -95,15 +112,17 @@ def score(
     target = _load(model, checkpoint, device)
     entries: list[ScheduleEntry | SamplingRecipe] = (
         list(target.entries(doc, nfe=nfe, solver=solver)) if doc is not None
-        else [SamplingRecipe(solver=solver or "euler", nfe=nfe)]  # type: ignore[arg-type]
+        else [SamplingRecipe(solver=solver or "euler", nfe=nfe, cfg=cfg)]  # type: ignore[arg-type]
     )
+    _prompt(target, prompts, [e for e in entries if not isinstance(e, SamplingRecipe)])
     recipes = [e if isinstance(e, SamplingRecipe) else e.recipe() for e in entries]
     settings = SamplingRecipe(batch_size=batch_size, precision="auto").with_networks(
         guide=_guide_for(recipes, guide, device), decode=target.decoder(str(vae) if vae else None, device))
     scorer = make_scorer(target.net, features, ref, device=device, features_weights=features_weights)
     seeds = range(seed, seed + samples)
-    with progress_bar(interactive() and not as_json) as progress:
-        rows = list(score_schedules(scorer, target.net, entries, seeds, settings=settings, progress=progress))
+    with progress_bar(interactive()) as progress:  # --json: stdout holds the rows alone
+        rows = list(score_schedules(scorer, target.net, entries, seeds, settings=settings,
+                                    progress=None if as_json else progress))
     if as_json:
         for row in rows:
             typer.echo(json.dumps({"model": target.name, "features": scorer.features, "seeds": [seed, seed + samples - 1],
@@ -136,6 +155,8 @@ def sample(
     vae: VaeOpt = None,
     guide: GuideOpt = None,
     guidance: Annotated[Optional[float], typer.Option(help="Guidance strength (with --guide).")] = None,
+    prompts: PromptsOpt = None,
+    cfg: CfgOpt = None,
 ) -> None:
     """Render a grid of samples, optionally with a skip schedule."""
     if schedule is not None and rho_top is not None:
@@ -156,17 +177,20 @@ def sample(
     check_output_path(output)
     target = _load(model, checkpoint, device)
     sched: SkipSchedule | None = None
-    if doc is not None:
-        entry = best_of(target.entries(doc, nfe=nfe, solver=solver))
+    entry = best_of(target.entries(doc, nfe=nfe, solver=solver)) if doc is not None else None
+    _prompt(target, prompts, [entry] if entry is not None else [])
+    if entry is not None:
         recipe, sched = entry.recipe(), entry.schedule
     else:
         if nfe is None:
             raise UsageError("--nfe is required (or take it from --schedule)")
-        recipe = SamplingRecipe(solver=solver or "euler", nfe=nfe)
+        recipe = SamplingRecipe(solver=solver or "euler", nfe=nfe, cfg=target.net.cfg if target.pipeline else None)
         if rho_top is not None:
             sched = target.linear_schedule(rho_top, rho_bottom, curve)
     if guidance is not None:
         recipe = recipe.with_(guidance=guidance)
+    if cfg is not None:
+        recipe = recipe.with_(cfg=cfg)
     recipe = recipe.with_(batch_size=batch_size, precision="auto").with_networks(
         guide=_guide_for([recipe], guide, device), decode=target.decoder(str(vae) if vae else None, device))
     path = render_grid(target.net, output, range(seed, seed + count), recipe, sched, device)

@@ -55,18 +55,51 @@ def status(
 
 
 def export(
-    output: Annotated[Path, typer.Option("-o", "--output", help="JSON file to write (atomically).")],
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="JSON file to write (atomically).")] = None,
     storage: StorageOpt = None,
     model: Annotated[Optional[str], typer.Option(help="Only this model name.")] = None,
     nfe: Annotated[Optional[list[int]], typer.Option(help="Only these NFEs.")] = None,
+    family: Annotated[bool, typer.Option("--family", help="Also fit one schedule for every NFE per model, solver "
+                                                          "and space studied at two or more NFEs.")] = False,
+    sigmas: Annotated[bool, typer.Option("--sigmas", help="Print each schedule's σ list (for k-diffusion, "
+                                                          "ComfyUI's custom sigmas, diffusers' sigmas=).")] = False,
 ) -> None:
     """Write the best schedule of each study as a skipsearch.schedules/v1 file."""
+    from ..errors import UsageError
     from ..search import export_schedules
 
-    doc, summaries = export_schedules(storage, output, model=model, nfe=nfe)
-    console.print(f"wrote {output}: {len(doc.entries)} schedule(s)")
+    if output is None:
+        if not sigmas:
+            raise UsageError("give -o FILE to write the schedules (or --sigmas to print their σ lists)")
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            doc, summaries = export_schedules(storage, Path(tmp) / "schedules.json", model=model, nfe=nfe,
+                                              families=family)
+    else:
+        doc, summaries = export_schedules(storage, output, model=model, nfe=nfe, families=family)
+        fams = f" and {len(doc.families)} famil{'y' if len(doc.families) == 1 else 'ies'}" if doc.families else ""
+        console.print(f"wrote {output}: {len(doc.entries)} schedule(s){fams}", soft_wrap=True, highlight=False)
+    if sigmas:
+        for label, values in sigma_lists(doc):
+            typer.echo(f"{label}: {', '.join(f'{v:.6g}' for v in values)}")
     for line in noise_warnings(summaries):
         console.print(line, highlight=False, soft_wrap=True)
+
+
+def sigma_lists(doc: object) -> list[tuple[str, list[float]]]:
+    """Each entry's σ list, then each family's at every NFE of its range its solver can take."""
+    from ..solvers import get_solver
+
+    out = [(e.label, list(e.sigmas)) for e in doc.entries if e.sigmas]  # type: ignore[attr-defined]
+    for fam in doc.families:  # type: ignore[attr-defined]
+        spec = get_solver(fam.solver)
+        for n in range(fam.nfe_range[0], fam.nfe_range[1] + 1):
+            if spec.valid_nfe(n):
+                entry = doc.entry(model=fam.model_name, nfe=n, solver=fam.solver)  # type: ignore[attr-defined]
+                if entry.study and entry.study.get("family"):
+                    out.append((f"{entry.label} (family)", list(entry.sigmas or [])))
+    return out
 
 
 def dashboard(

@@ -16,6 +16,8 @@ until its handle's `remove()`, for code that holds a pipeline for its lifetime.
 
 from __future__ import annotations
 
+import inspect
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,7 +33,9 @@ from ..schedule import ScheduleOrigin, SkipSchedule
 from ..schedule_file import ScheduleDocument, ScheduleEntry, load_schedules
 from ..skiptune import SigmaFrom, SkipTuning, find_unet, site_paths
 
-__all__ = ["apply_schedule", "install_schedule", "timestep_sigma", "unet_sites"]
+__all__ = ["apply_schedule", "install_schedule", "schedule_steps", "timestep_sigma", "unet_sites"]
+
+_log = logging.getLogger("skipsearch")
 
 ScheduleLike = SkipSchedule | ScheduleEntry | ScheduleDocument | str | os.PathLike[str]
 
@@ -68,14 +72,21 @@ def timestep_sigma(alphas_cumprod: torch.Tensor, continuous: bool = False) -> Si
     return sigma_from
 
 
-def _schedule_of(schedule: ScheduleLike, sites: list[str], model: str | None, nfe: int | None,
-                 solver: str | None) -> SkipSchedule:
+def _entry_of(schedule: ScheduleLike, model: str | None, nfe: int | None, solver: str | None) -> ScheduleEntry | SkipSchedule:
     if isinstance(schedule, SkipSchedule):
         return schedule
     if isinstance(schedule, (str, os.PathLike)):
         schedule = load_schedules(schedule)
     if isinstance(schedule, ScheduleDocument):
-        schedule = schedule.entry(model=model, nfe=nfe, solver=solver)
+        schedule = schedule.entry(model=model, nfe=nfe, solver=solver)  # a family evaluates at `nfe`
+    return schedule
+
+
+def _schedule_of(schedule: ScheduleLike, sites: list[str], model: str | None, nfe: int | None,
+                 solver: str | None) -> SkipSchedule:
+    schedule = _entry_of(schedule, model, nfe, solver)
+    if isinstance(schedule, SkipSchedule):
+        return schedule
     if not isinstance(schedule, ScheduleEntry):
         raise ScheduleError(f"a schedule is a SkipSchedule, a ScheduleEntry, a schedules document or a file path, "
                             f"not {type(schedule).__name__}")
@@ -116,10 +127,14 @@ def install_schedule(unet: nn.Module, schedule: ScheduleLike, *, scheduler: Any 
     else the best one), one entry, or a SkipSchedule. An entry that names its sites' blocks must
     name this UNet's, and (unless `check_model=False`) must have been searched on this UNet's
     folder. `scheduler` (any diffusers scheduler with `alphas_cumprod`) is needed only for a
-    σ-windowed schedule.
+    σ-windowed schedule. An entry with FreeU factors applies them too, exactly as `enable_freeu`
+    would: use one or the other, not both.
     """
     sites = unet_sites(unet)
     chosen = _schedule_of(schedule, sites, model, nfe, solver)
+    if chosen.freeu is not None and any(getattr(block, "s1", None) for block in getattr(unet, "up_blocks", [])):
+        raise ScheduleError("this UNet has FreeU enabled already and the schedule carries FreeU factors too: call "
+                            "pipe.disable_freeu() first, or pipe.enable_freeu(**entry['freeu']) without apply_schedule")
     if check_model and chosen.origin is not None:
         _check_folder(unet, chosen.origin)
     sigma_from = None
@@ -144,3 +159,34 @@ def apply_schedule(unet: nn.Module, schedule: ScheduleLike, *, scheduler: Any = 
         yield unet
     finally:
         handle.remove()
+
+
+def schedule_steps(scheduler: Any, schedule: ScheduleLike, *, model: str | None = None, nfe: int | None = None,
+                   solver: str | None = None) -> dict[str, Any]:
+    """The pipeline-call arguments that sample on the σ steps an exported schedule records:
+
+        with apply_schedule(pipe.unet, "schedules.json", scheduler=pipe.scheduler, nfe=10):
+            images = pipe(**schedule_steps(pipe.scheduler, "schedules.json", nfe=10)).images
+
+    `{"sigmas": [...]}` where the scheduler's `set_timesteps` takes σ (Euler, DPM-Solver++ and
+    others; the pipeline must pass them on, as Stable Diffusion's does); else the nearest training
+    timesteps (`{"timesteps": [...]}`), or only the step count, each said in one line.
+    """
+    entry = _entry_of(schedule, model, nfe, solver)
+    if isinstance(entry, SkipSchedule) or not entry.sigmas:
+        raise ScheduleError("this schedule records no σ steps; export it again with skipsearch ≥ 0.2 (v1.1 files)")
+    sigmas = list(entry.sigmas)
+    takes = inspect.signature(scheduler.set_timesteps).parameters
+    if "sigmas" in takes:
+        return {"sigmas": sigmas}
+    alphas = getattr(scheduler, "alphas_cumprod", None)
+    if "timesteps" in takes and alphas is not None:
+        a = torch.as_tensor(alphas, dtype=torch.float64)
+        log_sigmas = ((1 - a) / a).sqrt().log()
+        nearest = [int((log_sigmas - torch.log(torch.tensor(s, dtype=torch.float64))).abs().argmin()) for s in sigmas[:-1]]
+        _log.warning("%s takes no σ list: the schedule's steps go to the nearest training timesteps %s",
+                     type(scheduler).__name__, nearest)
+        return {"timesteps": nearest}
+    _log.warning("%s takes neither σ nor timesteps: it samples its own %d steps, not the schedule's",
+                 type(scheduler).__name__, len(sigmas) - 1)
+    return {"num_inference_steps": len(sigmas) - 1}

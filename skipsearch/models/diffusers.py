@@ -72,11 +72,16 @@ class DiffusersDenoiser(nn.Module):
         t = sigma_to_t(sigma, self.sigmas.to(x.device))
         s = sigma.to(torch.float32).view(-1, 1, 1, 1)
         c_in = 1 / (s**2 + 1).sqrt()
-        labels = class_labels.argmax(dim=1) if class_labels is not None and self.label_dim else None
-        out = self.unet((x * c_in).to(torch.float32), t.to(torch.float32), class_labels=labels).sample.to(torch.float32)
+        out = self._unet_output(x * c_in, t, class_labels)
         if self.prediction_type == "epsilon":
             return x - s * out
         return x / (s**2 + 1) - s * c_in * out
+
+
+    def _unet_output(self, x_in: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor | None) -> torch.Tensor:
+        """The UNet's ε or v for the variance-preserving input `x_in` at fractional timesteps `t`."""
+        labels = class_labels.argmax(dim=1) if class_labels is not None and self.label_dim else None
+        return self.unet(x_in.to(torch.float32), t.to(torch.float32), class_labels=labels).sample.to(torch.float32)
 
 
 def _folder_files(folder: Path) -> list[Path]:
@@ -109,6 +114,21 @@ def _scheduler_config(path: Path) -> dict[str, Any]:
     raise CheckpointError(f"{path}: no scheduler config (scheduler/scheduler_config.json): the σ table comes from it")
 
 
+def unet_folder_config(folder: Path) -> dict[str, Any]:
+    """The UNet config of a folder without model_index.json: a UNet2DModel's, else one line saying
+    what the folder is instead (a conditional UNet needs its whole pipeline)."""
+    subfolder = folder / "unet" if (folder / "unet" / "config.json").is_file() else folder
+    config = read_mapping(subfolder / "config.json", "UNet config")
+    if config.get("_class_name") == "UNet2DConditionModel":
+        raise CheckpointError(f"{folder}: a UNet2DConditionModel without its pipeline (no model_index.json); give the "
+                              "pipeline folder (save_pretrained of StableDiffusionPipeline), whose text encoder, "
+                              "tokenizer and VAE a trial needs")
+    if config.get("_class_name") != "UNet2DModel":
+        raise CheckpointError(f"{folder}: a {config.get('_class_name')!r}; skipsearch searches UNet2DModel folders "
+                              "and text-to-image pipeline folders")
+    return config
+
+
 def load_diffusers(path: str | Path) -> DiffusersDenoiser:
     """A local diffusers UNet2DModel folder (never downloaded), with its scheduler's training σ table."""
     folder = Path(path)
@@ -117,11 +137,7 @@ def load_diffusers(path: str | Path) -> DiffusersDenoiser:
     except ImportError:
         raise CheckpointError("diffusers UNets need diffusers: pip install 'skipsearch[diffusers]'") from None
     subfolder = "unet" if (folder / "unet" / "config.json").is_file() else None
-    config_path = ((folder / subfolder) if subfolder else folder) / "config.json"
-    unet_config = read_mapping(config_path, "UNet config")
-    if unet_config.get("_class_name") != "UNet2DModel":
-        raise CheckpointError(f"{folder}: a {unet_config.get('_class_name')!r}; skipsearch searches UNet2DModel folders "
-                              "(UNet2DConditionModel is supported by skipsearch.integrations.diffusers)")
+    unet_config = unet_folder_config(folder)
     scheduler = _scheduler_config(folder)
     if not ({"beta_schedule", "trained_betas"} & set(scheduler)) or scheduler.get("timestep_type") == "continuous":
         raise CheckpointError(f"{folder}: a {scheduler.get('_class_name')!r} scheduler without a discrete β schedule; "

@@ -4,6 +4,8 @@ fingerprinted and named. None executes code from the file.
 - `builtin`: `builtin:NAME`, a model that ships with skipsearch;
 - `edm-pickle`: an NVlabs EDM or EDM2 snapshot `.pkl`, read by the restricted unpickler;
 - `state-dict`: `.pt` / `.pth` / `.safetensors` with constructor arguments embedded or beside it;
+- `pipeline`: a diffusers text-to-image pipeline folder (`model_index.json`: Stable Diffusion 1.x/2.x,
+  SDXL), a prompt-conditioned denoiser with its text encoders and VAE;
 - `diffusers`: a `save_pretrained` folder (UNet2DModel and its scheduler), wrapped as a denoiser.
 A new format is one registration here, not another branch in every reader.
 """
@@ -23,6 +25,7 @@ from ..registry import BUILTIN_PREFIX, Registry
 from .builtin import BUILTINS
 from .diffusers import folder_sha256, is_diffusers_folder, load_diffusers
 from .edm_pickle import load_edm_pickle
+from .pipelines import is_pipeline_folder, load_pipeline
 from .state_dict import STATE_DICT_SUFFIXES, load_state_dict_network
 
 __all__ = ["CheckpointFormat", "FORMATS", "format_of"]
@@ -62,6 +65,9 @@ for _format in (
     CheckpointFormat("state-dict", "a state dict with its constructor arguments (.pt, .pth, .safetensors)",
                      _is_file_with(*STATE_DICT_SUFFIXES), lambda s, c: load_state_dict_network(Path(s), c), _file_hash,
                      lambda s: Path(s).stem),
+    CheckpointFormat("pipeline", "a diffusers text-to-image pipeline folder (model_index.json)",
+                     lambda s: is_pipeline_folder(Path(s)), lambda s, c: load_pipeline(s), folder_sha256,
+                     lambda s: Path(s).name),
     CheckpointFormat("diffusers", "a diffusers folder (UNet2DModel and its scheduler)",
                      lambda s: Path(s).is_dir() and is_diffusers_folder(Path(s)), lambda s, c: load_diffusers(s),
                      folder_sha256, lambda s: Path(s).name),

@@ -19,7 +19,7 @@ import optuna
 
 from ..errors import CheckpointError, ConfigError, UsageError
 from ..recipe import SamplingRecipe
-from ..steps import TimeSteps
+from ..steps import MAX_WARP, TimeSteps
 from ..solvers import SOLVERS
 from ._presets import load_preset
 from ._samplers import PRUNERS, SAMPLERS, DistinctSampler, Vector, make_pruner, make_sampler
@@ -35,7 +35,7 @@ CONFIRM_SEED_OFFSET = 100_000_000  # held-out seeds of the confirmation start he
 
 # Fields that do not change a trial's score: a joining worker may differ in these.
 OPERATIONAL = {"checkpoint", "features_weights", "reference", "batch_size", "trials", "artifacts", "enqueue_probes",
-               "confirm_top", "guide", "vae", "report_features"}
+               "confirm_top", "guide", "vae", "report_features", "prompts"}
 
 
 @dataclass(frozen=True)
@@ -61,11 +61,21 @@ class StudyConfig:
     guidance: float = 1.0  # D_guide + g·(D_net − D_guide); 1: no guidance
     tune_guide: bool = False  # apply each schedule to the guide too
     vae: str | None = None  # latent networks: the local VAE folder that decodes their samples
+    prompts: str | None = None  # text-to-image pipelines: the prompts file (this node's path); seed s → prompt s mod P
+    prompts_sha256: str = ""
+    prompt_count: int = 0
+    negative_prompt: str | None = None  # CFG's other branch (None: the empty prompt; SDXL: zero embeddings)
+    cfg: float | None = None  # classifier-free guidance scale of a pipeline (None: not a pipeline)
+    pipeline: str = ""  # sd1, sd2 or sdxl for a text-to-image pipeline (which FreeU factors were published)
     batch_size: int = 250
     space: str = "linear"
     rho_bounds: tuple[float, float] = (0.3, 1.1)
     curve_bounds: tuple[float, float] = (-2.0, 2.0)
     sigma_bounds: tuple[float, float] = (0.002, 80.0)
+    exponent_bounds: tuple[float, float] = (2.0, 20.0)  # steps spaces: EDM's time exponent (7 is EDM's)
+    crowd_bounds: tuple[float, float] = (-1.0, 1.0)  # steps spaces: log2 of the step warp's exponents (2x bunching)
+    freeu_b_bounds: tuple[float, float] = (0.9, 1.8)  # freeu space: backbone factors b1, b2
+    freeu_s_bounds: tuple[float, float] = (0.1, 1.2)  # freeu space: skip low-frequency factors s1, s2
     sampler: str = "gp"
     sampler_seed: int = 0
     pruner: str = "median"
@@ -101,6 +111,13 @@ class StudyConfig:
         return range(self.confirm_seed_start, self.confirm_seed_start + n)
 
     @property
+    def freeu_reference(self) -> dict[str, float]:
+        """FreeU's published factors for this model (SD 1.x's for a network that is no pipeline)."""
+        from ..schedule import FREEU_DEFAULTS
+
+        return dict(FREEU_DEFAULTS.get(self.pipeline or "sd1", FREEU_DEFAULTS["sd1"]))
+
+    @property
     def metric_name(self) -> str:
         return f"proxy FID ({self.samples} samples)"
 
@@ -119,6 +136,7 @@ class StudyConfig:
             solver=self.solver, nfe=self.nfe, solver_params=SOLVERS.lookup(self.solver).params,
             steps=TimeSteps(time_exponent=self.time_exponent), precision=self.precision, batch_size=self.batch_size,
             guidance=self.guidance, guide_tuned=self.tune_guide, guide_sha256=self.guide_sha256 or None,
+            cfg=self.cfg, prompts_sha256=self.prompts_sha256 or None,
         )
 
     def validate(self) -> None:
@@ -145,7 +163,9 @@ class StudyConfig:
                               f"{self.seeds.start}..{self.seeds.stop - 1}; held-out seeds must be disjoint")
         if not self.fidelity or not all(0 < f <= 1 for f in self.fidelity):
             raise ConfigError(f"fidelity steps are fractions of --samples in (0, 1], got {list(self.fidelity)}")
-        for name, (lo, hi) in (("rho", self.rho_bounds), ("curve", self.curve_bounds), ("sigma", self.sigma_bounds)):
+        for name, (lo, hi) in (("rho", self.rho_bounds), ("curve", self.curve_bounds), ("sigma", self.sigma_bounds),
+                               ("exponent", self.exponent_bounds), ("crowd", self.crowd_bounds),
+                               ("FreeU b", self.freeu_b_bounds), ("FreeU s", self.freeu_s_bounds)):
             if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
                 raise ConfigError(f"{name} bounds must be finite with low < high, got ({lo}, {hi})")
         lo, hi = self.rho_bounds
@@ -155,8 +175,20 @@ class StudyConfig:
             raise ConfigError(f"curve bounds must lie within ±{CURVE_MAX:g} (γ = 4^curve), got {self.curve_bounds}")
         if self.sigma_bounds[0] <= 0:
             raise ConfigError(f"sigma bounds must be positive, got {self.sigma_bounds}")
+        if not (1.0 <= self.exponent_bounds[0] and self.exponent_bounds[1] <= 100.0):
+            raise ConfigError(f"exponent bounds must lie within [1, 100] (EDM's is 7), got {self.exponent_bounds}")
+        if max(abs(c) for c in self.crowd_bounds) > MAX_WARP:
+            raise ConfigError(f"crowd bounds must lie within ±{MAX_WARP:g} (2^crowd bunches steps), got {self.crowd_bounds}")
+        for name, (lo, hi) in (("FreeU b", self.freeu_b_bounds), ("FreeU s", self.freeu_s_bounds)):
+            if not (0 < lo and hi <= RHO_MAX):
+                raise ConfigError(f"{name} bounds must satisfy 0 < low < high <= {RHO_MAX:g}, got ({lo:g}, {hi:g})")
         if not (math.isfinite(self.guidance) and 0 < self.guidance <= 20):
             raise ConfigError(f"--guidance must be in (0, 20], got {self.guidance}")
+        if self.cfg is not None and not (math.isfinite(self.cfg) and 0 < self.cfg <= 50):
+            raise ConfigError(f"--cfg must be in (0, 50], got {self.cfg}")
+        if self.pipeline and not self.prompts:
+            raise ConfigError("--prompts FILE is required for a text-to-image pipeline (one prompt a line, a JSON list "
+                              "or a COCO captions file)")
         if self.guidance != 1.0 and not self.guide:
             raise ConfigError("--guidance needs --guide CHECKPOINT (the guiding network)")
         if self.tune_guide and not self.guide:
@@ -232,10 +264,11 @@ class StudyConfig:
         data.update({k: v for k, v in overrides.items() if v is not None})
         data["checkpoint"] = source
         data["model"] = "edm" if model.startswith(BUILTIN_PREFIX) else model
-        for key in ("guide",):  # a preset's placeholder file name means "give this option"
+        for key in ("guide", "prompts"):  # a preset's placeholder file name means "give this option"
             if data.get(key) and overrides.get(key) is None and not Path(str(data[key])).is_file():
                 raise UsageError(f"preset {preset!r} names {key} {data[key]}, which is not here: give --{key} FILE")
         data["model_name"] = overrides.get("model_name") or source_name(source)
+        data.update(_conditioning(source, data, overrides))
         reference = data.get("reference")
         if reference is None:
             raise UsageError(
@@ -248,3 +281,26 @@ class StudyConfig:
         if len(set(nfes)) != len(nfes):
             raise UsageError(f"--nfe lists a value twice: {' '.join(map(str, nfes))}")
         return [cls.from_dict({**data, "nfe": int(n)}) for n in nfes]
+
+
+def _conditioning(source: str, data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Prompts, negative prompt and CFG scale: required for a text-to-image pipeline, refused for any
+    other network (one line each); the prompts file is read and fingerprinted here."""
+    from ..prompts import read_prompts
+    from ..target import pipeline_variant
+
+    variant = pipeline_variant(source)
+    name = Path(source).name
+    if not variant:
+        for key, option in (("prompts", "--prompts"), ("negative_prompt", "--negative-prompt"), ("cfg", "--cfg")):
+            if overrides.get(key) is not None:
+                raise UsageError(f"{option} is for text-to-image pipelines (a diffusers folder with model_index.json); "
+                                 f"{name} is not one: it samples by class or unconditionally")
+        return {}
+    if not data.get("prompts"):
+        raise UsageError(f"{name} is a text-to-image pipeline: give --prompts FILE (one prompt a line, a JSON list or a "
+                         "COCO captions file)")
+    prompts = read_prompts(data["prompts"], data.get("negative_prompt"))
+    return {"pipeline": variant, "model": "diffusers", "prompts_sha256": prompts.sha256, "prompts": str(data["prompts"]),
+            "prompt_count": len(prompts.texts),
+            "cfg": float(data["cfg"]) if data.get("cfg") is not None else (5.0 if variant == "sdxl" else 7.5)}

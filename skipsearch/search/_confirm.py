@@ -38,6 +38,7 @@ from .attrs import (
     SEARCH_VALUE_ATTR,
     SIGMA_RANGE_ATTR,
     SOURCE_ATTR,
+    TRIAL_SIGMAS_ATTR,
     VERSION_ATTR,
     WARM_FROM_ATTR,
 )
@@ -136,6 +137,7 @@ class ConfirmedRow:
     fid_infinity: float | None
     gain: float | None = None  # share of the baseline's FID removed (positive is better)
     gain_interval: tuple[float, float] | None = None
+    sigmas: list[float] | None = None  # the σ steps it sampled on
 
     @property
     def significant(self) -> bool | None:
@@ -216,6 +218,7 @@ def summarize_confirmation(storage: BaseStorage, study_name: str, config: StudyC
             params=dict(t.params), rho=t.user_attrs.get(RHO_ATTR), sigma_range=t.user_attrs.get(SIGMA_RANGE_ATTR),
             search_value=t.user_attrs.get(SEARCH_VALUE_ATTR), value=float(t.value), interval=interval_of(t.value, reps),
             fid_infinity=t.user_attrs.get(FID_INFINITY_ATTR), gain=gain, gain_interval=gain_interval,
+            sigmas=t.user_attrs.get(TRIAL_SIGMAS_ATTR),
         ))
     sources = {t.user_attrs.get(SOURCE_ATTR) for t in trials}
     settled = {t.user_attrs.get(SOURCE_ATTR) for t in trials if counts_toward_budget(t)}

@@ -7,16 +7,20 @@ before anything is read, and the file is written atomically.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.engine import URL
 
 from ..errors import StudyError
 from ..fileio import check_output_path
-from ..steps import EDM_SIGMA_MAX, EDM_SIGMA_MIN
-from ..schedule import SkipSchedule
+from ..family import ScheduleFamily, fit_line
+from ..parameters import freeu_from_params, steps_from_params
+from ..schedule import SkipSchedule, SkipSite
 from ..schedule_file import (
     GUIDANCE_KEY,
     GUIDE_NAME_KEY,
@@ -28,11 +32,17 @@ from ..schedule_file import (
     entry_from_schedule,
 )
 from ..solvers import SOLVERS
+from ..steps import EDM_SIGMA_MAX, EDM_SIGMA_MIN, TimeSteps
 from ._config import StudyConfig
+from ._space import SPACES
 from ._summary import StudySummary, study_summaries
 from .storage import StudyStore
 
-__all__ = ["export_schedules", "schedule_entry"]
+__all__ = ["export_schedules", "schedule_entry", "schedule_families"]
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def schedule_entry(summary: StudySummary) -> ScheduleEntry:
@@ -45,7 +55,7 @@ def schedule_entry(summary: StudySummary) -> ScheduleEntry:
         best, base = confirmation.best, confirmation.baseline
         assert best is not None
         rho, sigma_range, params, trial = best.rho, best.sigma_range, best.params, best.source_trial
-        search_value = best.search_value
+        search_value, sigmas = best.search_value, best.sigmas
         if base is not None and best.gain is not None and best.gain_interval is not None:
             confirmed = {
                 "seeds": list(confirmation.seeds), "samples": confirmation.samples, "value": best.value,
@@ -55,8 +65,10 @@ def schedule_entry(summary: StudySummary) -> ScheduleEntry:
             }
     else:
         rho, sigma_range, params, trial = summary.best_rho, summary.best_sigma_range, summary.best_params, summary.best_trial
-        search_value = summary.best
+        search_value, sigmas = summary.best, summary.best_sigmas
     assert rho is not None and search_value is not None
+    sigmas = sigmas or summary.sigmas  # a trial's own steps (a steps space), else the study's
+    steps = steps_from_params(c.space, params, TimeSteps(time_exponent=c.time_exponent))
     return entry_from_schedule(
         SkipSchedule(rho, sigma_range),
         model_name=c.model_name,
@@ -64,20 +76,46 @@ def schedule_entry(summary: StudySummary) -> ScheduleEntry:
         model_sha256=c.checkpoint_sha256 or None,
         solver=c.solver,
         nfe=c.nfe,
-        sigma_min=_tidy(summary.sigmas[-2]) if summary.sigmas and len(summary.sigmas) >= 3 else EDM_SIGMA_MIN,
-        sigma_max=_tidy(summary.sigmas[0]) if summary.sigmas else EDM_SIGMA_MAX,
-        time_exponent=c.time_exponent,
+        sigma_min=_tidy(sigmas[-2]) if sigmas and len(sigmas) >= 3 else EDM_SIGMA_MIN,
+        sigma_max=_tidy(sigmas[0]) if sigmas else EDM_SIGMA_MAX,
+        time_exponent=steps.time_exponent,
+        warp=steps.warp if any(steps.warp) else None,
         params=dict(params),
         score={"metric": "proxy-fid", "value": search_value, "samples": c.samples, "features": c.features,
                "reference_sha256": c.reference_sha256 or None, "seed_start": c.seed_start,
                "noise": summary.noise, "significant": summary.significant},
-        baseline={"value": summary.baseline} if summary.baseline is not None else None,
+        baseline=_baseline(summary, sigmas),
         study={"name": summary.name, "trial": trial, "trials_complete": summary.complete},
         solver_params=_solver_params(c),
-        sigmas=summary.sigmas,
+        sigmas=sigmas,
         sites=summary.site_info,
         confirmed=confirmed,
+        freeu=_freeu(c, params),
+        conditioning=_conditioning(c),
     )
+
+
+def _freeu(c: StudyConfig, params: dict[str, float]) -> dict[str, float] | None:
+    freeu = freeu_from_params(c.space, params)
+    return freeu.as_kwargs() if freeu is not None else None
+
+
+def _conditioning(c: StudyConfig) -> dict[str, object] | None:
+    """A pipeline's prompt set (count and sha256), negative prompt and CFG scale: what scored it."""
+    if not c.prompts_sha256:
+        return None
+    return {"prompts": c.prompt_count, "prompts_sha256": c.prompts_sha256, "negative_prompt": c.negative_prompt,
+            "cfg": c.cfg}
+
+
+def _baseline(summary: StudySummary, sigmas: list[float] | None) -> dict[str, object] | None:
+    """The baseline's score, and its own σ steps where the schedule's are searched ones: the untuned
+    network is read against EDM's steps, which a consumer re-scoring the entry must use too."""
+    if summary.baseline is None:
+        return None
+    if sigmas is not None and summary.sigmas is not None and list(sigmas) != list(summary.sigmas):
+        return {"value": summary.baseline, "sigmas": list(summary.sigmas)}
+    return {"value": summary.baseline}
 
 
 def _tidy(sigma: float) -> float:
@@ -96,17 +134,65 @@ def _solver_params(c: StudyConfig) -> dict[str, object]:
     return params
 
 
+def _bounds(config: StudyConfig, sites: list[SkipSite]) -> dict[str, tuple[float, float]]:
+    dists = SPACES.lookup(config.space).distributions(config, sites)
+    return {name: (float(d.low), float(d.high)) for name, d in dists.items()}  # type: ignore[attr-defined]
+
+
+def schedule_families(summaries: Sequence[StudySummary]) -> list[ScheduleFamily]:
+    """Per (model, solver, space and evaluation), the best parameters of its studies at two or
+    more NFEs — confirmed where a confirmation is done, else the search's — fitted in ln(NFE)."""
+    groups: dict[tuple[Any, ...], list[tuple[StudySummary, ScheduleEntry]]] = {}
+    for s in summaries:
+        if s.best_rho is None or s.best is None or not s.site_info:
+            continue
+        c = s.config
+        key = (c.model_name, c.checkpoint_sha256, c.solver, c.space, c.time_exponent, c.guidance, c.tune_guide,
+               c.prompts_sha256, c.negative_prompt, c.cfg)
+        groups.setdefault(key, []).append((s, schedule_entry(s)))
+    families = []
+    for members in groups.values():
+        members.sort(key=lambda m: m[0].config.nfe)
+        nfes = [s.config.nfe for s, _ in members]
+        if len(set(nfes)) < 2:
+            continue
+        first, entry = members[0]
+        c = first.config
+        names = list(members[0][1].params)
+        fit = {name: fit_line(nfes, [float(e.params[name]) for _, e in members]) for name in names}
+        studies = []
+        for s, e in members:
+            residuals = {name: float(e.params[name]) - (a + b * math.log(s.config.nfe)) for name, (a, b) in fit.items()}
+            studies.append({"name": s.name, "nfe": s.config.nfe, "params": dict(e.params),
+                            "confirmed": e.confirmed is not None, "residuals": residuals})
+        sites = [SkipSite(int(x["index"]), x.get("resolution"), int(x["channels"]), "", "") for x in first.site_info]
+        families.append(ScheduleFamily(
+            model_family=c.model, model_name=c.model_name, model_sha256=c.checkpoint_sha256 or None,
+            solver=c.solver, space=c.space, nfe_range=(nfes[0], nfes[-1]), fit=fit, bounds=_bounds(c, sites),
+            studies=studies, sites=[dict(x) for x in first.site_info], time_exponent=c.time_exponent,
+            sigma_min=entry.sigma_min or EDM_SIGMA_MIN, sigma_max=entry.sigma_max or EDM_SIGMA_MAX,
+            solver_params=_solver_params(c), conditioning=_conditioning(c)))
+    return families
+
+
 def export_schedules(
     store: StudyStore | str | URL | None,
     path: str | os.PathLike[str],
     *,
     model: str | None = None,
     nfe: Sequence[int] | None = None,
+    families: bool = False,
 ) -> tuple[ScheduleDocument, list[StudySummary]]:
+    """The best schedule of each study (and with `families`, one family per (model, solver, space)
+    studied at two or more NFEs), written atomically to `path`."""
     out = check_output_path(path)
     summaries = study_summaries(StudyStore.of(store).storage, model=model, nfe=nfe)
     entries = [schedule_entry(s) for s in summaries if s.best_rho is not None and s.best is not None]
     if not entries:
         what = "matching studies" if model or nfe else "studies"
         raise StudyError(f"no {what} with a completed trial to export; run `skipsearch launch` or see `skipsearch status`")
-    return dump_schedules(entries, out), summaries
+    fitted = schedule_families(summaries) if families else []
+    if families and not fitted:
+        raise StudyError("no family to fit: a family needs studies of one model, solver and space at two or more "
+                         "NFEs (`skipsearch launch --nfe 6 10 14`)")
+    return dump_schedules(ScheduleDocument(entries, _now(), families=fitted), out), summaries

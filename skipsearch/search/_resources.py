@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 
 from ..errors import StudyError
+from ..prompts import Prompts, read_prompts
 from ..recipe import SamplingRecipe
 from ..scoring import ProxyFID, make_scorer
 from ..target import Target, load_target, source_sha256
@@ -28,9 +29,10 @@ class NodePaths:
     artifacts: str | None = None
     guide: str | None = None
     vae: str | None = None
+    prompts: str | None = None
 
     _OPTIONS = {"checkpoint": "--checkpoint", "reference": "--ref", "features_weights": "--features-weights",
-                "artifacts": "--artifacts", "guide": "--guide", "vae": "--vae"}
+                "artifacts": "--artifacts", "guide": "--guide", "vae": "--vae", "prompts": "--prompts"}
 
     def args(self) -> list[str]:
         """The same paths as `skipsearch worker` options, for a worker process of this node."""
@@ -54,23 +56,37 @@ class Resources:
     device: str
     node: NodePaths = field(default_factory=NodePaths)
     compile: bool = False
-    targets: dict[str, Target] = field(default_factory=dict)
+    targets: dict[tuple[str, object], Target] = field(default_factory=dict)
     scorers: dict[tuple[str, str, str], ProxyFID] = field(default_factory=dict)
-    decoders: dict[tuple[str, str | None], object] = field(default_factory=dict)
+    decoders: dict[tuple[str, str | None, int], object] = field(default_factory=dict)
 
-    def _load(self, source: str, sha256: str, what: str, option: str, study: str) -> Target:
-        if source not in self.targets:
+    def _load(self, source: str, sha256: str, what: str, option: str, study: str,
+              prompts: Prompts | None = None) -> Target:
+        key = (source, prompts.key if prompts is not None else None)
+        if key not in self.targets:
             if sha256 and source_sha256(source) != sha256:
                 raise StudyError(f"{what} {source} differs from study {study!r}'s (sha256 mismatch); "
                                  f"give this worker the same file with {option}")
-            self.targets[source] = load_target(source, self.device)
+            self.targets[key] = load_target(source, self.device, prompts)  # a pipeline embeds its prompts once
             if self.compile:
-                self.targets[source].compile()
-        return self.targets[source]
+                self.targets[key].compile()
+        return self.targets[key]
+
+    def prompts(self, config: StudyConfig) -> Prompts | None:
+        """The study's prompt set, read from this node's copy of its file (same content or refused)."""
+        here = self.node.resolve(config)
+        if not here.prompts:
+            return None
+        prompts = read_prompts(here.prompts, config.negative_prompt)
+        if config.prompts_sha256 and prompts.sha256 != config.prompts_sha256:
+            raise StudyError(f"prompts file {here.prompts} differs from study {config.study_name!r}'s (sha256 mismatch); "
+                             "give this worker the same file with --prompts")
+        return prompts
 
     def target(self, config: StudyConfig, expected_sites: int | None) -> Target:
         here = self.node.resolve(config)
-        target = self._load(here.checkpoint, config.checkpoint_sha256, "checkpoint", "--checkpoint", config.study_name)
+        target = self._load(here.checkpoint, config.checkpoint_sha256, "checkpoint", "--checkpoint", config.study_name,
+                            self.prompts(config))
         if expected_sites is not None and expected_sites != len(target.sites):
             raise StudyError(f"study {config.study_name!r} expects {expected_sites} skip sites, "
                              f"this network has {len(target.sites)}")
@@ -98,7 +114,7 @@ class Resources:
         """The study's recipe as this worker runs it: precision resolved for its device, the guide
         and the decoder (a latent network's VAE) attached."""
         here = self.node.resolve(config)
-        key = (target.source, here.vae)
+        key = (target.source, here.vae, id(target))
         if key not in self.decoders:
             self.decoders[key] = target.decoder(here.vae, self.device)
         guide = self.guide(config)

@@ -16,19 +16,22 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial
 
-from .attrs import RHO_ATTR, SEAL_ATTR, SIGMA_RANGE_ATTR, VERSION_ATTR
+from .attrs import RHO_ATTR, SEAL_ATTR, SIGMA_RANGE_ATTR, TRIAL_SIGMAS_ATTR, VERSION_ATTR
 
 __all__ = ["seal", "is_sealed", "sealing"]
 
 
-def _digest(rho: Any, sigma_range: Any) -> str:
-    text = json.dumps([[float(r) for r in rho], None if sigma_range is None else [float(s) for s in sigma_range]])
-    return hashlib.sha256(text.encode()).hexdigest()
+def _digest(rho: Any, sigma_range: Any, sigmas: Any = None) -> str:
+    parts: list[Any] = [[float(r) for r in rho], None if sigma_range is None else [float(s) for s in sigma_range]]
+    if sigmas is not None:
+        parts.append([float(s) for s in sigmas])
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
 
-def seal(storage: optuna.storages.BaseStorage, trial_id: int, worker: str, rho: Any, sigma_range: Any) -> None:
-    """Mark a trial as this worker's result for the schedule (rho, sigma_range) it scored."""
-    storage.set_trial_system_attr(trial_id, SEAL_ATTR, {"worker": worker, "digest": _digest(rho, sigma_range)})
+def seal(storage: optuna.storages.BaseStorage, trial_id: int, worker: str, rho: Any, sigma_range: Any,
+         sigmas: Any = None) -> None:
+    """Mark a trial as this worker's result for the schedule (rho, sigma_range) and steps it scored."""
+    storage.set_trial_system_attr(trial_id, SEAL_ATTR, {"worker": worker, "digest": _digest(rho, sigma_range, sigmas)})
 
 
 def sealing(study: optuna.Study | Any) -> bool:
@@ -44,4 +47,5 @@ def is_sealed(trial: FrozenTrial, required: bool = True) -> bool:
     mark = trial.system_attrs.get(SEAL_ATTR)
     if not isinstance(mark, dict) or RHO_ATTR not in trial.user_attrs:
         return False
-    return mark.get("digest") == _digest(trial.user_attrs[RHO_ATTR], trial.user_attrs.get(SIGMA_RANGE_ATTR))
+    return mark.get("digest") == _digest(trial.user_attrs[RHO_ATTR], trial.user_attrs.get(SIGMA_RANGE_ATTR),
+                                         trial.user_attrs.get(TRIAL_SIGMAS_ATTR))

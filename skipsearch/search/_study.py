@@ -149,7 +149,8 @@ def _seed(study: optuna.Study, config: StudyConfig, sites: Sequence[SkipSite], b
             study.enqueue_trial(params, user_attrs={KIND_ATTR: "warm", WARM_FROM_ATTR: source}, skip_if_exists=False)
             missing -= 1
     paper = space.paper(config, sites)
-    if config.enqueue_paper and "paper" not in kinds and missing > 0 and in_bounds(paper, config, sites):
+    if (config.enqueue_paper and paper is not None and "paper" not in kinds and missing > 0
+            and in_bounds(paper, config, sites)):
         _enqueue(study, paper, "paper")
         missing -= 1
     if config.enqueue_probes and "probe" not in kinds:

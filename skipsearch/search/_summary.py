@@ -27,6 +27,7 @@ from .attrs import (
     SIGMA_RANGE_ATTR,
     SIGMAS_ATTR,
     SITE_INFO_ATTR,
+    TRIAL_SIGMAS_ATTR,
     WORKER_ATTR,
 )
 
@@ -68,6 +69,7 @@ class StudySummary:
     site_info: list[dict[str, Any]] | None = None
     sigmas: list[float] | None = None
     baseline_note: str | None = None  # why there is no baseline FID (None: there is one)
+    best_sigmas: list[float] | None = None  # the σ steps the best trial sampled on (its own, in a steps space)
 
     @property
     def confirmed(self) -> bool:
@@ -143,6 +145,7 @@ class StudySummary:
             "best_params": self.best_params,
             "best_rho": self.best_rho,
             "best_sigma_range": self.best_sigma_range,
+            "best_sigmas": self.best_sigmas,
             "images_per_s": self.images_per_s,
             "fail_reasons": self.fail_reasons,
             "confirmation": self.confirmation.to_json() if self.confirmation is not None else None,
@@ -184,6 +187,7 @@ def summarize(study: optuna.Study, config: StudyConfig, trials: Sequence[FrozenT
         best_params=dict(best.params) if best else {},
         best_rho=best.user_attrs.get(RHO_ATTR) if best else None,
         best_sigma_range=best.user_attrs.get(SIGMA_RANGE_ATTR) if best else None,
+        best_sigmas=best.user_attrs.get(TRIAL_SIGMAS_ATTR) if best else None,
         images_per_s=sum(rates) / len(rates) if rates else None,
         noise=float(noise) if noise is not None else None,
         trial_seconds=sum(seconds) / len(seconds) if seconds else None,

@@ -63,6 +63,7 @@ from .attrs import (
     SIGMA_RANGE_ATTR,
     SITES_ATTR,
     SOURCE_ATTR,
+    TRIAL_SIGMAS_ATTR,
     WORKER_ATTR,
 )
 from .storage import StorageSettings, StudyStore
@@ -132,6 +133,7 @@ class _Claimed:
     recipe: SamplingRecipe
     schedule: SkipSchedule
     params: dict[str, Any]
+    sigmas: list[float]  # the steps it samples on (recorded, and sealed with the schedule)
 
 
 def _params_text(params: dict[str, Any]) -> str:
@@ -276,14 +278,16 @@ class _Worker:
         """A claimed trial with its parameters, the schedule they mean and the recipe to run it with."""
         trial = self.store(optuna.Trial, study, trial_id)
         params = self.store(suggest_params, trial, config, target.sites)
-        schedule = SPACES.lookup(config.space).schedule(params, config, target.sites)
-        recipe = self.resources.recipe(config, target)
-        return _Claimed(study, config, trial, number, target, scorer, recipe, schedule, params)
+        space = SPACES.lookup(config.space)
+        schedule = space.schedule(params, config, target.sites)
+        recipe = self.resources.recipe(config, target).with_(steps=space.steps(params, config))
+        return _Claimed(study, config, trial, number, target, scorer, recipe, schedule, params, target.sigmas(recipe))
 
     def _evaluate(self, c: _Claimed) -> None:
         db, config, trial = self.store, c.config, c.trial
         kind = trial.user_attrs.get(KIND_ATTR, "search")
-        db(self._set_attrs, trial, {RHO_ATTR: list(c.schedule.rho), WORKER_ATTR: self.identity.label,
+        db(self._set_attrs, trial, {RHO_ATTR: list(c.schedule.rho), TRIAL_SIGMAS_ATTR: c.sigmas,
+                                    WORKER_ATTR: self.identity.label,
                                     PRECISION_ATTR: c.recipe.precision,
                                     DEVICE_ATTR: f"{self.identity.host}:{self.identity.device}",
                                     SIGMA_RANGE_ATTR: list(c.schedule.sigma_range) if c.schedule.sigma_range else None})
@@ -306,6 +310,7 @@ class _Worker:
         db, trial = self.store, c.trial
         db(self._set_attrs, trial, {WORKER_ATTR: self.identity.label, PRECISION_ATTR: c.recipe.precision,
                                     RHO_ATTR: list(c.schedule.rho),  # what is scored: the job's parameters
+                                    TRIAL_SIGMAS_ATTR: c.sigmas,
                                     SIGMA_RANGE_ATTR: list(c.schedule.sigma_range) if c.schedule.sigma_range else None})
         seeds = c.config.confirmation_seeds
         done = [0]
@@ -380,7 +385,8 @@ class _Worker:
     def _seal(self, c: _Claimed) -> None:
         """This worker's result for the schedule it scored (see _seal): set before the tell, so a
         trial someone else completes first is never sealed."""
-        seal(self.store.storage, c.trial._trial_id, self.identity.label, c.schedule.rho, c.schedule.sigma_range)
+        seal(self.store.storage, c.trial._trial_id, self.identity.label, c.schedule.rho, c.schedule.sigma_range,
+             c.sigmas)
 
     @staticmethod
     def _set_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:

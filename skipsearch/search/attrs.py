@@ -11,7 +11,7 @@ __all__ = [
     "CONFIG_ATTR", "FINGERPRINT_ATTR", "VERSION_ATTR", "SITES_ATTR", "SITE_INFO_ATTR", "SIGMAS_ATTR", "BUDGET_ATTR",
     "NOISE_ATTR", "CONFIRMS_ATTR",
     "KIND_ATTR", "COUNTED_ATTR", "REASON_ATTR", "RETRIES_ATTR", "RETRY_OF_ATTR", "WARM_FROM_ATTR", "SOURCE_ATTR",
-    "SEARCH_VALUE_ATTR", "PROGRESS_ATTR", "RHO_ATTR", "SIGMA_RANGE_ATTR", "WORKER_ATTR", "DEVICE_ATTR",
+    "SEARCH_VALUE_ATTR", "PROGRESS_ATTR", "RHO_ATTR", "SIGMA_RANGE_ATTR", "TRIAL_SIGMAS_ATTR", "WORKER_ATTR", "DEVICE_ATTR",
     "PRECISION_ATTR", "FID_STEPS_ATTR", "SAMPLES_ATTR", "SECONDS_ATTR", "IMAGES_PER_S_ATTR", "REPORTED_ATTR",
     "BOOTSTRAP_ATTR", "FID_INFINITY_ATTR", "FIXED_PARAMS", "SEAL_ATTR", "KINDS",
 ]
@@ -41,6 +41,7 @@ SEARCH_VALUE_ATTR = "search_value"  # a confirmation job: that trial's search sc
 PROGRESS_ATTR = "progress"  # samples done so far (live progress)
 RHO_ATTR = "rho"  # the per-site coefficients the parameters gave
 SIGMA_RANGE_ATTR = "sigma_range"
+TRIAL_SIGMAS_ATTR = "sigmas"  # the σ steps the trial sampled on (its own, in a steps space)
 WORKER_ATTR = "worker"  # host:pid:device of the process that ran it
 DEVICE_ATTR = "device"
 PRECISION_ATTR = "precision"

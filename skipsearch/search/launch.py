@@ -21,6 +21,7 @@ from sqlalchemy.engine import URL
 
 from ..errors import StudyError, UsageError
 from ..scoring import make_scorer
+from ..prompts import Prompts, read_prompts
 from ..target import Target, load_target
 from ._config import StudyConfig
 from ._confirm import confirmation_pending, warm_points
@@ -47,17 +48,22 @@ __all__ = [
 
 def _checked(configs: Sequence[StudyConfig]) -> list[tuple[StudyConfig, Target]]:
     """Each config with its network loaded and every file it names checked (and fingerprinted)."""
-    targets: dict[str, Target] = {}
+    targets: dict[tuple[str, object], Target] = {}
 
-    def target_of(source: str) -> Target:
-        if source not in targets:
-            targets[source] = load_target(source)
-            targets[source].check_finite()
-        return targets[source]
+    def target_of(source: str, prompts: Prompts | None = None) -> Target:
+        key = (source, prompts.key if prompts is not None else None)
+        if key not in targets:
+            targets[key] = load_target(source, prompts=prompts)
+            targets[key].check_finite()
+        return targets[key]
 
     ready = []
     for config in configs:
-        target = target_of(config.checkpoint)
+        prompts = None
+        if config.prompts:  # two of them show the pipeline works; the workers embed them all
+            every = read_prompts(config.prompts, config.negative_prompt)
+            prompts = dataclasses.replace(every, texts=every.texts[:2])
+        target = target_of(config.checkpoint, prompts)
         overrides: dict[str, object] = {"checkpoint_sha256": target.sha256}
         if config.guide:
             guide = target_of(config.guide)
