@@ -7,6 +7,10 @@
 2. skip-tuned / untuned time on the GPU (fp16, channels_last, batch 256, ρ linear 1.0 → 0.8).
 3. proxy FID of the demo model in fp16 vs fp32 (Euler NFE 10, 1,000 samples), against the
    proxy's seed noise (the fp32 baseline on a second seed set).
+4. Stable Diffusion 1.5 sized UNet2DConditionModel (random weights, 860 M parameters, 64×64×4
+   latents, 77×768 text context): images/s of one guided denoiser evaluation (the CFG pair as one
+   batch of 2B, fp16 autocast as a search runs it), and of the SD VAE decoder (512×512, fp16). Needs
+   diffusers; skipped without it.
 
     python benchmarks/gpu_speed.py [--quick]      # --quick: a small network, for a CPU smoke run
 """
@@ -148,6 +152,52 @@ def main() -> None:
     reduced = fid(half)
     print(f"demo proxy FID ({samples} samples): fp32 {full:.3f}, {half} {reduced:.3f}, |difference| "
           f"{abs(reduced - full):.3f} vs seed noise {noise:.3f} ({'within' if abs(reduced - full) < noise else 'OUTSIDE'})")
+
+    stable_diffusion_rates(args.quick, device, reps)
+
+
+def stable_diffusion_rates(quick: bool, device: torch.device, reps: int) -> None:
+    try:
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+    except ImportError:
+        print("Stable Diffusion UNet: skipped (pip install 'skipsearch[pipelines]')")
+        return
+    torch.manual_seed(0)
+    if quick:
+        unet = UNet2DConditionModel(sample_size=16, block_out_channels=(32, 64), layers_per_block=1,
+                                    cross_attention_dim=32, attention_head_dim=4,
+                                    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
+        vae = AutoencoderKL(block_out_channels=(32, 32), layers_per_block=1,
+                            down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2)
+        context_dim, batches = 32, (2, 4)
+    else:  # diffusers' defaults are SD 1.x's UNet but for the text width
+        unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768)
+        vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
+                            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
+        context_dim, batches = 768, (8, 16)
+    unet = unet.to(device).eval().requires_grad_(False)
+    vae = vae.to(device).eval().requires_grad_(False)
+    size = unet.config.sample_size
+    half = device.type == "cuda"
+    print(f"Stable Diffusion UNet: {sum(p.numel() for p in unet.parameters()) / 1e6:.0f} M parameters, "
+          f"{size}×{size}×4 latents, {'fp16 autocast' if half else 'fp32'}")
+    for batch in batches:
+        x = torch.randn(2 * batch, 4, size, size, device=device)
+        t = torch.full([2 * batch], 500.0, device=device)
+        context = torch.randn(2 * batch, 77, context_dim, device=device)
+        z = torch.randn(batch, 4, size, size, device=device)
+
+        def guided() -> None:
+            with torch.inference_mode(), torch.autocast(device.type, dtype=torch.float16, enabled=half):
+                unet(x, t, encoder_hidden_states=context)
+
+        def decode() -> None:
+            with torch.inference_mode(), torch.autocast(device.type, dtype=torch.float16, enabled=half):
+                vae.decode(z)
+
+        print(f"  batch {batch:>3}: {batch / timed(guided, device, reps):8.1f} images/s per guided evaluation "
+              f"(UNet batch {2 * batch}), VAE decode {batch / timed(decode, device, reps):8.1f} images/s")
 
 
 if __name__ == "__main__":

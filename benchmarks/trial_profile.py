@@ -8,12 +8,19 @@ wrappers; the baseline trial is left out of the per-trial figures (it also score
 set for the noise estimate).
 
     python benchmarks/trial_profile.py [--trials 4] [--samples 1000] [--batch-size 250]
+    python benchmarks/trial_profile.py --pipeline tiny       # a text-to-image pipeline (tiny SD on CPU)
+    python benchmarks/trial_profile.py --pipeline FOLDER --prompts prompts.txt --ref REF
+
+The pipeline case (Euler NFE 6, the --space linear search) adds "text encoding", timed wherever it
+happens: it must be 0 inside the trials (prompts are embedded once, when the worker loads the
+pipeline), and the VAE decode is its own line ("decode").
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import sys
 import tempfile
 import time
 from contextlib import contextmanager
@@ -24,7 +31,7 @@ import torch
 from skipsearch.metrics import fid as fid_module
 from skipsearch.search import StudyConfig, StudyStore, WorkerOptions, prepare_studies, run_worker
 
-PARTS = ("network", "decode", "features", "fid math", "storage + sampler", "other")
+PARTS = ("network", "decode", "features", "fid math", "storage + sampler", "text encoding", "other")
 
 
 class Clock:
@@ -58,13 +65,21 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=4)
     parser.add_argument("--samples", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=250)
+    parser.add_argument("--pipeline", help="a text-to-image pipeline folder, or 'tiny' (written here, random weights)")
+    parser.add_argument("--prompts", help="with --pipeline FOLDER: the prompts file")
+    parser.add_argument("--ref", default="builtin:edm-digits", help="with --pipeline FOLDER: reference statistics")
+    parser.add_argument("--features", default="skipsearch-digits", help="with --pipeline: the feature extractor")
     args = parser.parse_args()
 
     clock = Clock()
     folder = Path(tempfile.mkdtemp(prefix="trial-profile-"))
     url = f"sqlite:///{folder / 'profile.db'}"
-    [config] = StudyConfig.from_preset("demo", trials=args.trials, samples=args.samples, batch_size=args.batch_size,
-                                       pruner="none", artifacts=str(folder / "artifacts"))
+    if args.pipeline:
+        config = pipeline_config(args, folder)
+    else:
+        [config] = StudyConfig.from_preset("demo", trials=args.trials, samples=args.samples,
+                                           batch_size=args.batch_size, pruner="none",
+                                           artifacts=str(folder / "artifacts"))
     prepare_studies(url, [config])
 
     # Storage and sampler: every call the worker makes into Optuna goes through the store.
@@ -97,10 +112,18 @@ def main() -> None:
     import skipsearch.scoring as scoring
 
     scoring.to_uint8 = clock.wrap("decode", scoring.to_uint8)
+    if args.pipeline:
+        from skipsearch.models import pipelines
+
+        pipelines.PipelineDecoder.__call__ = clock.wrap("decode", pipelines.PipelineDecoder.__call__)
+        pipelines.TextEncoders.embed = clock.wrap("text encoding", pipelines.TextEncoders.embed)
     run_worker(url, None, WorkerOptions(on_loaded=loaded, around_trial=timed_trial), log=lambda m: None)
 
-    print(f"demo trial profile: {config.solver} NFE {config.nfe}, {config.samples} samples, batch {config.batch_size}, "
+    kind = f"pipeline {config.model_name} ({config.prompt_count} prompts, CFG {config.cfg:g})" if args.pipeline else "demo"
+    print(f"{kind} trial profile: {config.solver} NFE {config.nfe}, {config.samples} samples, batch {config.batch_size}, "
           f"{torch.get_num_threads()} threads")
+    inside = sum(p["text encoding"] for p in clock.per_trial)
+    print(f"text encoding: {clock.spent['text encoding'] - inside:.3f} s at load, {inside:.3f} s inside the trials")
     print(f"{'trial':>5} {'wall s':>7} " + " ".join(f"{p:>18}" for p in PARTS))
     for i, parts in enumerate(clock.per_trial):
         shares = " ".join(f"{parts[p]:8.3f} s {100 * parts[p] / parts['wall']:5.1f}%" for p in PARTS)
@@ -109,6 +132,24 @@ def main() -> None:
     wall = sum(p["wall"] for p in search)
     passes = sum(p["network"] + p["features"] for p in search)
     print(f"network + feature passes: {100 * passes / wall:.1f}% of the non-baseline trials' time (goal ≥ 97%)")
+
+
+def pipeline_config(args: argparse.Namespace, folder: Path) -> StudyConfig:
+    """A --space linear study of a pipeline folder; 'tiny' writes the tests' tiny Stable Diffusion."""
+    source, prompts = args.pipeline, args.prompts
+    if source == "tiny":
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+        from sd_pipeline import write_prompts, write_tiny_sd
+
+        source, prompts = str(write_tiny_sd(folder / "tiny-sd")), str(write_prompts(folder / "prompts.txt"))
+    if not prompts:
+        raise SystemExit("--pipeline FOLDER needs --prompts FILE")
+    [config] = StudyConfig.from_preset(None, nfe=[6], checkpoint=source, model="diffusers", prompts=prompts,
+                                       reference=args.ref, features=args.features, solver="euler",
+                                       trials=args.trials, samples=args.samples,
+                                       batch_size=min(args.batch_size, 50), pruner="none",
+                                       artifacts=str(folder / "artifacts"))
+    return config
 
 
 if __name__ == "__main__":
