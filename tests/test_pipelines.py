@@ -14,7 +14,7 @@ import torch
 diffusers = pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 
-from helpers import run_cli  # noqa: E402
+from helpers import run_cli, trials_of  # noqa: E402
 from sd_pipeline import PROMPTS, write_prompts, write_tiny_sd  # noqa: E402
 
 from skipsearch import ScheduleEntry, load_network, load_schedules, sample, skip_sites  # noqa: E402
@@ -257,3 +257,31 @@ def test_an_sdxl_pipeline_samples_as_stable_diffusion_xl_does(tmp_path: Path) ->
     gap = (ours - theirs).abs().max().item()
     assert gap < 5e-4, gap
     assert (ours - other).abs().max().item() > 100 * max(gap, 5e-6), "the prompts must matter for the test to hold"
+
+
+@pytest.mark.slow
+def test_a_worker_on_another_node_needs_the_same_prompts(sd: tuple[Path, Path], tmp_path: Path) -> None:
+    """A worker reads its node's copy of the prompts file (--prompts): the same prompts at another
+    path run the study; different prompts are refused in one line and nothing is scored."""
+    folder, prompts = sd
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    mine = tmp_path / "mine.txt"
+    mine.write_text(prompts.read_text())
+    launch = run_cli("launch", "--checkpoint", str(folder), "--prompts", str(mine), "--ref", "builtin:edm-digits",
+                     "--features", "skipsearch-digits", "--nfe", "4", "--solver", "euler", "--samples", "8",
+                     "--batch-size", "8", "--trials", "2", "--confirm-top", "0", "--storage", url, "--no-workers",
+                     cwd=tmp_path)
+    assert launch.returncode == 0, launch.stdout + launch.stderr
+    mine.unlink()  # the launching node's path is gone: workers give their own
+    other = tmp_path / "other.txt"
+    other.write_text("a green frog\n")
+    refused = run_cli("worker", "--storage", url, "--prompts", str(other), cwd=tmp_path)
+    lines = [line for line in refused.stderr.splitlines() if line.strip()]
+    assert refused.returncode != 0 and len(lines) == 1 and "differs" in lines[0], refused.stdout + refused.stderr
+    assert not [t for t in trials_of(url, "tiny-sd/euler/nfe4") if t.state.is_finished()]
+    copy = tmp_path / "node" / "prompts.txt"
+    copy.parent.mkdir()
+    copy.write_text(prompts.read_text())
+    worker = run_cli("worker", "--storage", url, "--prompts", str(copy), cwd=tmp_path)
+    assert worker.returncode == 0, worker.stdout + worker.stderr
+    assert len([t for t in trials_of(url, "tiny-sd/euler/nfe4") if t.state.is_finished()]) == 2
