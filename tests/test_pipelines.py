@@ -229,6 +229,13 @@ def test_launch_on_a_pipeline_folder_exports_what_the_pipeline_reproduces(sd: tu
     finally:
         pipe.disable_freeu()
     assert (ours - theirs).abs().max().item() < 5e-4
+    if space == "freeu":  # sampling it on other prompts is allowed (held-out prompts), and said
+        other = tmp_path / "other.txt"
+        other.write_text("a green frog\n")
+        grid = run_cli("sample", "--checkpoint", str(folder), "--prompts", str(other), "--schedule", str(out),
+                       "--count", "2", "-o", str(tmp_path / "grid.png"), cwd=tmp_path)
+        assert grid.returncode == 0 and "other prompts than the schedule was searched with" in grid.stderr, grid.stderr
+        assert "FreeU s1=" in grid.stdout and (tmp_path / "grid.png").is_file()
 
 
 def test_an_sdxl_pipeline_samples_as_stable_diffusion_xl_does(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from rich.table import Table
 
 from ..changes import format_change
 from ..errors import ScheduleFileError, UsageError
-from ._output import console, fmt, interactive, progress_bar
+from ._output import console, err_console, fmt, interactive, progress_bar
 from ._options import CfgOpt, CheckpointOpt, DeviceOpt, FeaturesWeightsOpt, ModelOpt, PromptsOpt, VaeOpt
 
 if TYPE_CHECKING:
@@ -73,7 +73,12 @@ def _prompt(target: Target, prompts: Path | None, entries: list[ScheduleEntry]) 
     from ..prompts import read_prompts
 
     negative = next(((e.conditioning or {}).get("negative_prompt") for e in entries if e.conditioning), None)
-    target.net.set_prompts(read_prompts(prompts, negative))
+    given = read_prompts(prompts, negative)
+    searched = {(e.conditioning or {}).get("prompts_sha256") for e in entries} - {None}
+    if searched and given.sha256 not in searched:  # held-out prompts are a fair test; say it is one
+        err_console.print(f"note: {prompts.name} holds other prompts than the schedule was searched with "
+                          f"({len(given.texts)} prompts, sha256 {given.sha256[:12]}…)", style="yellow", soft_wrap=True)
+    target.net.set_prompts(given)
 
 
 def score(
@@ -195,4 +200,6 @@ def sample(
         guide=_guide_for([recipe], guide, device), decode=target.decoder(str(vae) if vae else None, device))
     path = render_grid(target.net, output, range(seed, seed + count), recipe, sched, device)
     what = "untuned" if sched is None or sched.is_identity else "rho " + " ".join(f"{r:.3g}" for r in sched.rho)
+    if sched is not None and sched.freeu is not None:
+        what += ", FreeU " + " ".join(f"{k}={v:g}" for k, v in sched.freeu.as_kwargs().items())
     console.print(f"wrote {path}: {count} samples of {target.name}, {recipe.describe()}, {what}")
