@@ -24,7 +24,7 @@ def _vocabulary(folder: Path) -> tuple[Path, Path, dict[str, int]]:
     return folder / "vocab.json", folder / "merges.txt", vocab
 
 
-def _vae_and_scheduler(timestep_spacing: str) -> tuple[Any, Any]:
+def _vae_and_scheduler(timestep_spacing: str, prediction_type: str = "epsilon") -> tuple[Any, Any]:
     """A 16×16 RGB AutoencoderKL over 8×8×4 latents, and SD's Euler scheduler."""
     import diffusers
 
@@ -33,11 +33,14 @@ def _vae_and_scheduler(timestep_spacing: str) -> tuple[Any, Any]:
         up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), block_out_channels=(8, 8), latent_channels=4,
         norm_num_groups=4, sample_size=16, layers_per_block=1)
     scheduler = diffusers.EulerDiscreteScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
-                                                 beta_schedule="scaled_linear", timestep_spacing=timestep_spacing)
+                                                 beta_schedule="scaled_linear", timestep_spacing=timestep_spacing,
+                                                 prediction_type=prediction_type)
     return vae.eval(), scheduler
 
 
-def write_tiny_sd(folder: Path, seed: int = 0, *, timestep_spacing: str = "linspace") -> Path:
+def write_tiny_sd(folder: Path, seed: int = 0, *, timestep_spacing: str = "linspace",
+                  prediction_type: str = "epsilon") -> Path:
+    """SD 1.x's layout; `prediction_type="v_prediction"` as SD 2.x's 768 models."""
     import diffusers
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
@@ -52,7 +55,7 @@ def write_tiny_sd(folder: Path, seed: int = 0, *, timestep_spacing: str = "linsp
         sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(8, 16),
         norm_num_groups=4, cross_attention_dim=8, attention_head_dim=2,
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
-    vae, scheduler = _vae_and_scheduler(timestep_spacing)
+    vae, scheduler = _vae_and_scheduler(timestep_spacing, prediction_type)
     pipe = diffusers.StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
                                              unet=unet.eval(), scheduler=scheduler, safety_checker=None,
                                              feature_extractor=None, requires_safety_checker=False)

@@ -292,3 +292,22 @@ def test_a_worker_on_another_node_needs_the_same_prompts(sd: tuple[Path, Path], 
     worker = run_cli("worker", "--storage", url, "--prompts", str(copy), cwd=tmp_path)
     assert worker.returncode == 0, worker.stdout + worker.stderr
     assert len([t for t in trials_of(url, "tiny-sd/euler/nfe4") if t.state.is_finished()]) == 2
+
+
+def test_a_v_prediction_pipeline_samples_as_its_pipeline_does(tmp_path: Path) -> None:
+    """SD 2.x's 768-pixel models predict v: the same comparison with diffusers' pipeline."""
+    from skipsearch.steps import edm_sigma_list
+
+    folder = write_tiny_sd(tmp_path / "tiny-sd-v", prediction_type="v_prediction")
+    network = load_network(str(folder))
+    network.set_prompts(read_prompts(write_prompts(tmp_path / "prompts.txt")))
+    sigmas = edm_sigma_list(6, network.sigma_min, network.sigma_max)
+    noise = torch.stack([torch.randn(4, 8, 8, generator=torch.Generator().manual_seed(s)) for s in SEEDS])
+    with torch.no_grad():
+        ours = sample(network, SEEDS, solver="euler", nfe=6, sigmas=sigmas).float()
+        pipeline = diffusers.StableDiffusionPipeline.from_pretrained(folder, safety_checker=None,
+                                                                     requires_safety_checker=False)
+        pipeline.set_progress_bar_config(disable=True)
+        theirs = pipeline(prompt=[PROMPTS[s % len(PROMPTS)] for s in SEEDS], latents=noise, guidance_scale=7.5,
+                          output_type="latent", sigmas=sigmas).images
+    assert (ours - theirs).abs().max().item() < 5e-4
