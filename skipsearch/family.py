@@ -95,13 +95,16 @@ class ScheduleFamily:
         rho, window = rho_from_params(self.space, params, [site.get("resolution") for site in self.sites])
         base = TimeSteps(self.sigma_min, self.sigma_max, self.time_exponent)
         steps = steps_from_params(self.space, params, base)
-        sigmas = steps.sigma_list(get_solver(self.solver).steps_for_nfe(nfe))
+        num_steps = get_solver(self.solver).steps_for_nfe(nfe)
+        sigmas = steps.sigma_list(num_steps)
         freeu = freeu_from_params(self.space, params)
+        # the baseline a family's schedule is compared with is the studies': ρ = 1 on the grid's own steps
+        baseline = {"sigmas": base.sigma_list(num_steps)} if base.sigma_list(num_steps) != sigmas else None
         return dict(
             model_family=self.model_family, model_name=self.model_name, model_sha256=self.model_sha256,
             solver=self.solver, nfe=nfe, sigma_min=self.sigma_min, sigma_max=self.sigma_max,
             time_exponent=steps.time_exponent, warp=steps.warp if any(steps.warp) else None, rho=rho,
-            sigma_range=window, params=params, solver_params=dict(self.solver_params), sigmas=sigmas,
+            sigma_range=window, params=params, solver_params=dict(self.solver_params), sigmas=sigmas, baseline=baseline,
             sites=[dict(site) for site in self.sites],
             study={"name": self.label, "family": FIT, "nfe_range": list(self.nfe_range)},
             freeu=freeu.as_kwargs() if freeu is not None else None,

@@ -85,6 +85,9 @@ def test_family_entry_is_a_concrete_valid_schedule(solver: str, nfe: int) -> Non
     assert list(e.sigmas) == steps.sigma_list(get_solver(solver).steps_for_nfe(nfe))
     assert e.recipe().nfe == nfe and e.recipe().steps.sigma_list(get_solver(solver).steps_for_nfe(nfe)) == list(e.sigmas)
     assert len(e.rho) == len(SITES) and e.study["family"] == "linear-in-log-nfe"
+    # its baseline is the studies': ρ = 1 on the grid's own steps, so `score`'s change is the whole gain
+    n = get_solver(solver).steps_for_nfe(nfe)
+    assert e.baseline_recipe().steps.sigma_list(n) == edm_sigma_list(n) != list(e.sigmas)
 
 
 def test_a_rho_only_family_keeps_the_studies_steps() -> None:
@@ -92,6 +95,7 @@ def test_a_rho_only_family_keeps_the_studies_steps() -> None:
                  time_exponent=5.0)
     e = ScheduleEntry(**fam.entry_fields(10))
     assert list(e.sigmas) == edm_sigma_list(10, time_exponent=5.0) and e.warp is None
+    assert e.baseline is None and e.baseline_recipe() == e.recipe()
 
 
 # -- the file ----------------------------------------------------------------------------------
