@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,12 @@ import torch
 
 from skipsearch.models.edm import EDMPrecond
 from skipsearch.search.storage import resolve_url
+
+# A suite started in the background by a non-interactive shell (`cmd &`, CI runners) inherits SIGINT
+# ignored, and so would every process a test starts: their Ctrl-C tests would wait on a process that
+# cannot hear it. Catching it here makes each child start with the default again.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 TINY_NET = dict(img_resolution=8, img_channels=1, model_type="SongUNet", model_channels=8, channel_mult=[1, 2],
                 num_blocks=1, attn_resolutions=[], dropout=0.0)

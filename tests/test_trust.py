@@ -285,10 +285,17 @@ def test_a_worker_started_before_its_database_waits(tiny_checkpoint: Path, tmp_p
         [p] = prepare_studies(url, [tiny_config(tiny_checkpoint, tmp_path, trials=3)])
         server.stop()
         [worker] = _worker_processes(url, 1, tmp_path)
-        threading.Event().wait(6)
-        assert worker.poll() is None, worker.communicate()[0]  # waiting, not gone
+        lines: list[str] = []
+        reader = threading.Thread(target=lambda: lines.extend(worker.stdout), daemon=True)  # type: ignore[arg-type]
+        reader.start()
+        # the server comes back only once the worker has met the outage (its start-up takes seconds)
+        wait_for(lambda: any("storage unreachable" in line for line in lines) or worker.poll() is not None, 180,
+                 "the worker to meet the outage")
+        assert worker.poll() is None, "".join(lines)  # waiting, not gone
         server.start()
-        output = worker.communicate(timeout=300)[0]
+        worker.wait(timeout=300)
+        reader.join(timeout=30)
+        output = "".join(lines)
         assert worker.returncode == 0, output
         assert "storage unreachable" in output and "reachable again" in output
         done = [t for t in trials_of(url, p.config.study_name) if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
