@@ -30,12 +30,10 @@ from torch import nn
 from ..errors import CheckpointError, UsageError
 from ..fileio import read_mapping
 from ..prompts import Prompts
-from ..schedule import FREEU_DEFAULTS
 from .diffusers import (DiffusersDenoiser, _scheduler_config, build_from_folder, is_diffusers_folder, read_weights,
                         unet_folder_config)
 
-__all__ = ["PIPELINES", "PromptedDenoiser", "PipelineDecoder", "is_pipeline_folder", "load_pipeline", "pipeline_variant",
-           "FREEU_DEFAULTS"]
+__all__ = ["PIPELINES", "PromptedDenoiser", "PipelineDecoder", "is_pipeline_folder", "load_pipeline", "pipeline_variant"]
 
 PIPELINES = {"StableDiffusionPipeline": "sd", "StableDiffusionXLPipeline": "sdxl"}
 _TOKENIZERS = ("CLIPTokenizer", "CLIPTokenizerFast")
@@ -146,10 +144,13 @@ def pipeline_variant(path: Path) -> str:
             unet_folder_config(path)  # a conditional UNet without its pipeline is refused here
         return ""
     kind, _ = _check_index(path)
-    if kind == "sdxl":
-        return "sdxl"
     unet = read_mapping(path / "unet" / "config.json", "UNet config")
-    return "sd2" if int(unet.get("cross_attention_dim") or 768) >= 1024 else "sd1"
+    return _variant(kind, int(unet.get("cross_attention_dim") or 768))
+
+
+def _variant(kind: str, cross_attention_dim: int) -> str:
+    """sd1, sd2 or sdxl: which published FreeU factors apply (SD 2.x's text width is 1024)."""
+    return "sdxl" if kind == "sdxl" else ("sd2" if cross_attention_dim >= 1024 else "sd1")
 
 
 def load_pipeline(path: str | Path) -> PromptedDenoiser:
@@ -205,9 +206,6 @@ class TextEncoders:
                 hidden.append(encoder(ids.input_ids.to(device), attention_mask=mask)[0])
         return torch.cat(hidden, dim=-1), pooled
 
-    def variant(self, cross_attention_dim: int) -> str:
-        """sd1, sd2 or sdxl: which published FreeU factors apply."""
-        return "sdxl" if self.kind == "sdxl" else ("sd2" if cross_attention_dim >= 1024 else "sd1")
 
 
 class PromptedDenoiser(DiffusersDenoiser):
@@ -222,7 +220,7 @@ class PromptedDenoiser(DiffusersDenoiser):
         super().__init__(unet, alphas_cumprod, prediction_type)
         self.vae = vae
         self.text: TextEncoders | None = text
-        self.variant = text.variant(int(unet.config.cross_attention_dim))
+        self.variant = _variant(text.kind, int(unet.config.cross_attention_dim))
         self.kind = text.kind
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         self.label_dim = 0  # until prompts are set
