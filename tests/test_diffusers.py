@@ -282,6 +282,15 @@ def test_folders_it_cannot_wrap_are_refused_in_one_line(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="without a discrete β schedule"):
         load_network(str(folder))
     config_path.write_text(json.dumps(ddpm))
+    weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.rename(folder / "unet" / "part-1.safetensors")
+    index = folder / "unet" / "diffusion_pytorch_model.safetensors.index.json"
+    for weight_map, needle in [({"a": "part-1.safetensors", "b": 2}, "not a mapping of tensor names to file names"),
+                               (["part-1.safetensors"], "not a mapping of tensor names to file names"),
+                               ({"a": "../part-1.safetensors"}, "a shard outside its folder")]:
+        index.write_text(json.dumps({"weight_map": weight_map}))
+        with pytest.raises(CheckpointError, match=needle):
+            load_network(str(folder))
     (folder / "unet" / "config.json").write_text("{\n")
     with pytest.raises(CheckpointError, match="cannot read the UNet config"):
         load_network(str(folder))

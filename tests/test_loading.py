@@ -148,6 +148,14 @@ def test_not_a_checkpoint_and_truncated(tmp_path: Path, ref_net: EDMPrecond, ref
         load_network(text.rename(tmp_path / "notes.txt"))
 
 
+def test_a_snapshot_without_ema_names_its_keys_whatever_their_types(tmp_path: Path) -> None:
+    """Found by the fuzz test on CI: a top-level dict with int and str keys made the error message
+    itself fail (sorting mixed keys) and end in a TypeError traceback."""
+    path = write_pickle({3: "x", "b": 1, None: 2}, tmp_path / "no-ema.pkl")
+    with pytest.raises(CheckpointError, match=r"no 'ema' network in this checkpoint \(keys: 'b', 3, None\)"):
+        load_network(path)
+
+
 def test_state_dict_with_config_beside(tmp_path: Path, reference: dict) -> None:
     pt = tmp_path / "net.pt"
     torch.save({k.removeprefix("model."): v for k, v in reference["state_dict"].items()}, pt)

@@ -167,8 +167,11 @@ def read_weights(part: Path) -> dict[str, torch.Tensor]:
     only (sharded ones through their index). No file's code ever runs; nothing else is read."""
     for name in WEIGHT_FILES:
         index = part / f"{name}.index.json"
-        shards = sorted(set(read_mapping(index, "weight index").get("weight_map", {}).values())) if index.is_file() else []
-        if any(not isinstance(shard, str) or Path(shard).name != shard for shard in shards):
+        weight_map = read_mapping(index, "weight index").get("weight_map", {}) if index.is_file() else {}
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise CheckpointError(f"{index}: weight_map is not a mapping of tensor names to file names")
+        shards = sorted(set(weight_map.values()))
+        if any(Path(shard).name != shard for shard in shards):
             raise CheckpointError(f"{index}: a shard outside its folder; only plain file names are read")
         files = [part / shard for shard in shards] if index.is_file() else [part / name] if (part / name).is_file() else []
         if not files:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import inspect
 import io
 import math
+import warnings
 import zipfile
 from collections import OrderedDict
 from collections.abc import Callable
@@ -105,7 +106,9 @@ def _load_storage_from_bytes(data: bytes) -> Any:
             raise CheckpointError(f"refusing a compressed tensor storage ({packed[0]}): torch never writes one")
         if sum(m.file_size for m in members) > len(data):
             raise CheckpointError("tensor storage declares more data than it holds")
-    return torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+    with warnings.catch_warnings():  # torch's notes about a damaged blob's pickle protocol are not the user's
+        warnings.simplefilter("ignore")
+        return torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
 
 
 def _rebuild_parameter(data: torch.Tensor, requires_grad: bool, backward_hooks: Any) -> torch.Tensor:
@@ -305,7 +308,7 @@ def load_edm_pickle(path: str | Path) -> EDMPrecond | EDM2Precond:
     data = read_edm_pickle(path)
     record = data.get("ema") if isinstance(data, dict) else data
     if record is None:
-        raise CheckpointError(f"{path}: no 'ema' network in this checkpoint (keys: {sorted(data)})")
+        raise CheckpointError(f"{path}: no 'ema' network in this checkpoint (keys: {', '.join(sorted(map(repr, data)))})")
     try:
         net = network_from_record(record)
         if isinstance(net, EDM2Precond):
