@@ -249,6 +249,53 @@ def test_orphaned_running_trial_without_heartbeat_is_requeued(tiny_checkpoint: P
     assert retry[0].user_attrs[KIND_ATTR] == "baseline"
 
 
+def _half_failed(study: optuna.Study) -> int:
+    """Claim a trial and make only the first of `fail`'s two writes: what a worker preempted
+    between failing its trial and re-queuing it leaves behind. The trial's number."""
+    from skipsearch.search._trials import claim
+
+    storage = study._storage
+    trial_id = claim(study)
+    storage.set_trial_user_attr(trial_id, "fail_reason", "interrupted by SIGTERM")
+    storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
+    return storage.get_trial_number_from_id(trial_id)
+
+
+def test_a_failed_trial_whose_requeue_never_landed_is_requeued_once(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    from contextlib import nullcontext
+
+    from skipsearch.search._trials import requeue_orphans
+
+    url = f"sqlite:///{tmp_path / 'q.db'}"
+    [prepared] = prepare_studies(url, [_config(tiny_checkpoint, tmp_path, trials=3)])
+    study = optuna.load_study(study_name=prepared.config.study_name, storage=open_storage(url))
+    number = _half_failed(study)
+    retries = lambda: [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("retry_of") == number]  # noqa: E731
+    assert requeue_orphans(study, None, nullcontext) is True and not retries()  # said, not touched
+    assert requeue_orphans(study, 3600, nullcontext) is True and not retries()  # just failed: left to its worker
+    assert requeue_orphans(study, 0, nullcontext) is True
+    assert requeue_orphans(study, 0, nullcontext) is False  # the second look finds it re-queued
+    [retry] = retries()
+    assert retry.state == TrialState.WAITING and retry.user_attrs[KIND_ATTR] == "baseline"
+
+
+def test_a_worker_does_not_end_a_study_while_a_failed_trial_awaits_its_requeue(tiny_checkpoint: Path,
+                                                                               tmp_path: Path) -> None:
+    """Seen in a full test run: a worker that looked for work between another's two writes (trial failed, not yet
+    re-queued) found nothing queued or running and ended the study one trial short, for good."""
+    url = f"sqlite:///{tmp_path / 'w.db'}"
+    [prepared] = prepare_studies(url, [_config(tiny_checkpoint, tmp_path, trials=3)])
+    name = prepared.config.study_name
+    study = optuna.load_study(study_name=name, storage=open_storage(url))
+    number = _half_failed(study)
+    lines: list[str] = []
+    run_worker(url, [name], settings=StorageSettings(heartbeat_interval=1, grace_period=2), log=lines.append)
+    trials = study.get_trials(deepcopy=False)
+    assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) == 3, "\n".join(lines)
+    [retry] = [t for t in trials if t.user_attrs.get("retry_of") == number]
+    assert retry.params == {"rho_top": 1.0, "rho_bottom": 1.0, "curve": 0.0}  # the baseline, run again
+
+
 @pytest.mark.slow
 def test_a_finished_study_says_so_and_can_be_extended(tiny_checkpoint: Path, tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:

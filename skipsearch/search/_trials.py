@@ -8,13 +8,17 @@ Every state change here is a single atomic update in the database (Optuna's row-
 - `sweep`: RUNNING trials whose heartbeat is older than the grace period, or that never beat at
   all, belong to dead workers: each is failed once and re-queued with the same parameters.
 - `fail`: a trial given up (preempted, lost, its schedule failed): re-queued, or counted.
+- `requeue_orphans`: failing and re-queuing are two writes; a trial failed for its worker whose
+  re-queue never landed (its worker died between them) is re-queued by another, so a study
+  never ends a trial short. Until then a worker must not call the study done.
 """
 
 from __future__ import annotations
 
 import datetime
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 
 import optuna
 import sqlalchemy as sa
@@ -37,7 +41,7 @@ from .attrs import (
     WARM_FROM_ATTR,
 )
 
-__all__ = ["claim", "Heartbeat", "sweep", "fail", "rdb"]
+__all__ = ["claim", "Heartbeat", "sweep", "fail", "requeue_orphans", "rdb"]
 
 
 # Queued trials run in this order, whenever they were queued: a baseline lost with its worker runs
@@ -171,3 +175,27 @@ def sweep(study: optuna.Study, grace_period: float, max_retry: int) -> list[int]
                 max_retry=max_retry):
             swept.append(number)
     return swept
+
+
+def _orphans(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
+    """Failed for their worker (not counted) and never re-queued."""
+    retried = {t.user_attrs.get(RETRY_OF_ATTR) for t in trials}
+    return [t for t in trials if t.state == TrialState.FAIL and not t.user_attrs.get(COUNTED_ATTR)
+            and t.number not in retried]
+
+
+def requeue_orphans(study: optuna.Study, settle: float | None,
+                    lock: Callable[[], AbstractContextManager[None]]) -> bool:
+    """Re-queue trials failed for their worker more than `settle` seconds ago (None: none now) whose
+    re-queue never landed; a more recent one is still being re-queued by its worker, and is left to
+    it. True while any such trial exists: the caller has work coming and must not stop."""
+    orphans = _orphans(study.get_trials(deepcopy=False))
+    if settle is None:
+        return bool(orphans)
+    cutoff = datetime.datetime.now() - datetime.timedelta(seconds=settle)
+    if any(t.datetime_complete is None or t.datetime_complete < cutoff for t in orphans):
+        with lock():  # read again under the lock: two workers re-queue each orphan once between them
+            for t in _orphans(study.get_trials(deepcopy=False)):
+                if t.datetime_complete is None or t.datetime_complete < cutoff:
+                    _requeue(study, t)
+    return bool(orphans)

@@ -7,7 +7,8 @@ through the store's retrying call (a database outage is waited out, not fatal). 
 a trial behind:
 - SIGTERM/SIGINT (preemption) fail the running trial with the reason, re-queue it and exit;
 - a dead worker's trial is swept (failed and re-queued) by any other worker, also after the
-  budget is otherwise spent: a worker waits until nothing is RUNNING before it calls a study done;
+  budget is otherwise spent: a worker waits until nothing is RUNNING, and no failed trial awaits
+  its re-queue, before it calls a study done;
 - a trial whose samples go non-finite fails with the reason and counts toward the budget.
 """
 
@@ -44,7 +45,7 @@ from ._seal import seal
 from ._signals import Interrupted, checkpoint, critical, signals_interrupt
 from ._space import SPACES, suggest_params
 from ._study import list_studies, load_study, search_done, study_budget, unreadable_studies
-from ._trials import Heartbeat, claim, fail, sweep
+from ._trials import Heartbeat, claim, fail, requeue_orphans, sweep
 from .attrs import (
     BOOTSTRAP_ATTR,
     CONFIRMS_ATTR,
@@ -195,6 +196,15 @@ class _Worker:
             self.report.swept += len(swept)
             self.log(f"{study.study_name}: re-queued trial(s) {', '.join(map(str, swept))} of lost workers")
 
+    def requeue_orphans(self, study: optuna.Study) -> bool:
+        """Trials another worker failed but has not (yet) re-queued: wait for them, and re-queue
+        those it never will. Read only once nothing is queued or running: the end of a study."""
+        # As for the sweep: right after an outage, the failing worker gets its grace period.
+        outage = time.monotonic() - self.store.retrying.recovered_at < self.settings.grace_period
+        with critical():
+            return self.store(requeue_orphans, study, None if outage else self.settings.grace_period,
+                              lambda: self.store.lock(f"requeue:{study.study_name}"))
+
     def _has(self, study: optuna.Study, state: TrialState) -> bool:
         return bool(self.store(study.get_trials, deepcopy=False, states=(state,)))
 
@@ -220,7 +230,7 @@ class _Worker:
             for study, config in studies:
                 self.sweep(study)
                 if not self._has(study, TrialState.WAITING):
-                    waiting_on_others |= self._has(study, TrialState.RUNNING)
+                    waiting_on_others |= self._has(study, TrialState.RUNNING) or self.requeue_orphans(study)
                     continue
                 # Resources are checked before claiming: a node with the wrong checkpoint takes nothing.
                 target = self.resources.target(config, study.user_attrs.get(SITES_ATTR))
