@@ -68,17 +68,15 @@ def finished(trials: list[FrozenTrial]) -> list[FrozenTrial]:
     return [t for t in trials if counts_toward_budget(t)]
 
 
-def running_pid(trials: list[FrozenTrial], started_within: float | None = None) -> int | None:
+def running_pid(trials: list[FrozenTrial], below_progress: int | None = None) -> int | None:
     """The pid of a worker that is running a trial now (from the trial's `worker` attribute);
-    with `started_within`, only a trial that started that recently (so it is mid-way for a while)."""
-    import datetime
-
-    now = datetime.datetime.now()
+    with `below_progress`, only a trial that has reported fewer samples done than that: one that is
+    sampling and has most of its work ahead, whatever the machine's pace (a clock-based "started
+    recently" let a kill land after a slow machine's trial had finished)."""
     for t in trials:
         if t.state != TrialState.RUNNING or "worker" not in t.user_attrs:
             continue
-        if started_within is not None and (t.datetime_start is None
-                                           or (now - t.datetime_start).total_seconds() > started_within):
+        if below_progress is not None and not 0 < int(t.user_attrs.get("progress", 0)) < below_progress:
             continue
         return int(t.user_attrs["worker"].split(":")[1])
     return None

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import statistics
 import subprocess
 import sys
 import threading
@@ -25,9 +24,12 @@ from skipsearch.search.attrs import KIND_ATTR
 FAST = StorageSettings(heartbeat_interval=1, grace_period=3, outage_limit=120)
 
 
+SLOW_SAMPLES = 3000
+
+
 def _slow_config(checkpoint: Path, tmp_path: Path, **kw):
     """Trials of a few seconds: long enough to be killed in the middle of one."""
-    kw = {"samples": 3000, "batch_size": 100, "fidelity": [1.0], "pruner": "none", **kw}
+    kw = {"samples": SLOW_SAMPLES, "batch_size": 100, "fidelity": [1.0], "pruner": "none", **kw}
     return tiny_config(checkpoint, tmp_path, **kw)
 
 
@@ -46,16 +48,13 @@ def _check_study(url: str, name: str, budget: int) -> list:
 def _stop_one_worker(url: str, name: str, procs: list, sig: int, when: int) -> int:
     """Send `sig` to a worker that is in the middle of a trial once `when` trials have finished.
 
-    "In the middle": started within 40% of a typical trial's time (at least 1 s), so it cannot
-    finish before the signal lands; on a loaded machine trials and looks both slow down alike."""
+    "In the middle": it has reported progress below a third of its samples, so most of its work is
+    ahead when the signal lands, on a fast machine or a loaded one."""
     def ready() -> int | None:
         trials = trials_of(url, name)
-        done = finished(trials)
-        if len(done) < when:
+        if len(finished(trials)) < when:
             return None
-        seconds = [(t.datetime_complete - t.datetime_start).total_seconds() for t in done
-                   if t.state == TrialState.COMPLETE and t.datetime_start and t.datetime_complete]
-        return running_pid(trials, started_within=max(1.0, 0.4 * statistics.median(seconds)) if seconds else 1.0)
+        return running_pid(trials, below_progress=SLOW_SAMPLES // 3)
 
     pid = wait_for(ready, 240, f"a trial just started after {when} finished", every=0.1)
     [victim] = [p for p in procs if p.process.pid == pid]
