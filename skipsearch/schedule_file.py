@@ -496,12 +496,16 @@ def _describe_filters(model: str | None, nfe: int | None, solver: str | None) ->
     return ", ".join(given) or "no filters"
 
 
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 @dataclass
 class ScheduleDocument:
     """A parsed schedules file; `best()` is what a consuming tool calls."""
 
     entries: list[ScheduleEntry]
-    created: str
+    created: str = field(default_factory=_now)  # UTC, to the second
     source: str | None = None
     format: str = FORMAT  # as read; a written file says v1.1 or v1.2 when its contents need it
     families: list[ScheduleFamily] = field(default_factory=list)
@@ -596,10 +600,6 @@ def load_schedules(path: str | os.PathLike[str], *, num_skips: int | None = None
         for e in doc.entries:
             e.check_num_skips(num_skips)
     return doc
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def dump_schedules(

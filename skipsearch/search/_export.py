@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -39,10 +38,6 @@ from ._summary import StudySummary, study_summaries
 from .storage import StudyStore
 
 __all__ = ["export_schedules", "schedule_entry", "schedule_families"]
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def schedule_entry(summary: StudySummary) -> ScheduleEntry:
@@ -195,4 +190,4 @@ def export_schedules(
     if families and not fitted:
         raise StudyError("no family to fit: a family needs studies of one model, solver and space at two or more "
                          "NFEs (`skipsearch launch --nfe 6 10 14`)")
-    return dump_schedules(ScheduleDocument(entries, _now(), families=fitted), out), summaries
+    return dump_schedules(ScheduleDocument(entries, families=fitted), out), summaries
