@@ -113,7 +113,7 @@ def test_the_dashboard_binds_loopback_by_default() -> None:
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
 def test_a_preempted_baseline_runs_next_and_is_never_pruned(sig: int, tiny_checkpoint: Path, tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'b.db'}"
-    config = tiny_config(tiny_checkpoint, tmp_path, trials=8, samples=4000, batch_size=100, fidelity=[0.1, 1.0],
+    config = tiny_config(tiny_checkpoint, tmp_path, trials=4, samples=2000, batch_size=100, fidelity=[0.1, 1.0],
                          pruner="median")
     [p] = prepare_studies(url, [config])
     name = p.config.study_name
@@ -127,6 +127,8 @@ def test_a_preempted_baseline_runs_next_and_is_never_pruned(sig: int, tiny_check
         threading.Event().wait(4)  # its heartbeat goes stale
     run_worker(url, [name], settings=FAST, log=lambda m: None)
     trials = sorted(trials_of(url, name), key=lambda t: t.datetime_start or t.datetime_complete)
+    [lost] = [t for t in trials if t.state == TrialState.FAIL]
+    assert lost.user_attrs.get(KIND_ATTR) == "baseline", "the signal landed after the baseline: not tested"
     retried = [t for t in trials if t.user_attrs.get(KIND_ATTR) == "baseline" and t.state != TrialState.FAIL]
     assert len(retried) == 1 and retried[0].state == TrialState.COMPLETE  # never pruned
     after_loss = [t for t in trials if t.state != TrialState.FAIL]
@@ -157,7 +159,7 @@ def test_ctrl_c_during_confirmation_is_resumed(tiny_checkpoint: Path, tmp_path: 
     args = [sys.executable, "-m", "skipsearch", "launch", "--storage", url, "--checkpoint", str(tiny_checkpoint),
             "--study", "edm-tiny", "--solver", "euler", "--nfe", "2", "--samples", "300", "--batch-size", "100",
             "--trials", "3", "--ref", "builtin:edm-digits", "--features", "skipsearch-digits", "--device", "cpu",
-            "--confirm-top", "2", "--confirm-samples", "6000"]
+            "--confirm-top", "1", "--confirm-samples", "3000"]
     with open(tmp_path / "first.out", "w") as out:
         launch = subprocess.Popen(args, cwd=tmp_path, env=_env(), stdout=out, stderr=subprocess.STDOUT)
     name = "edm-tiny/euler/nfe2"
@@ -262,13 +264,14 @@ def _worker_processes(url: str, n: int, cwd: Path, limit: float = 120) -> list[s
 
 
 @pytest.mark.slow
-def test_twelve_workers_share_ten_connections(tiny_checkpoint: Path, tmp_path: Path) -> None:
-    """max_connections 10 and 12 workers: those without a slot wait for one instead of exiting; the
-    budget is met exactly, and no worker ever holds more than its 2 connections."""
-    with own_postgres(max_connections=10) as server:
+def test_six_workers_share_eight_connections(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """max_connections 8 and 6 workers that could want 12 (as 12 workers met 10, or hundreds meet
+    PostgreSQL's default 100): those without a slot wait for one instead of exiting; the budget is
+    met exactly, and no worker ever holds more than its 2 connections."""
+    with own_postgres(max_connections=8) as server:
         url = server.url
-        [p] = prepare_studies(url, [tiny_config(tiny_checkpoint, tmp_path, trials=12, samples=24)])
-        procs = _worker_processes(url, 12, tmp_path)
+        [p] = prepare_studies(url, [tiny_config(tiny_checkpoint, tmp_path, trials=8, samples=24)])
+        procs = _worker_processes(url, 6, tmp_path)
         most = 0
         while any(proc.poll() is None for proc in procs):
             most = max(most, server.connections_per_process())
@@ -276,8 +279,9 @@ def test_twelve_workers_share_ten_connections(tiny_checkpoint: Path, tmp_path: P
         outputs = [proc.communicate()[0] for proc in procs]
         assert all(proc.returncode == 0 for proc in procs), "\n---\n".join(outputs)
         trials = trials_of(url, p.config.study_name)
-        assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) == 12
+        assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) == 8
         assert most <= 2, most
+        assert any("storage unreachable" in out for out in outputs), "no worker met a full server: not tested"
 
 
 @pytest.mark.slow
