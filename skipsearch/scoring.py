@@ -27,7 +27,6 @@ from .metrics import (
     basic_interval,
     bootstrap_counts,
     fid_infinity,
-    paired_gain,
     StreamingFID,
     compute_reference,
     feature_dim,
@@ -58,9 +57,7 @@ __all__ = [
     "ScoreRow",
     "score_schedules",
     "score_confirmed",
-    "interval_of",
     "seed_noise",
-    "gain_between",
 ]
 
 Progress = Callable[[int, int], None]  # (samples done, samples total)
@@ -227,17 +224,6 @@ def seed_noise(scorer: ProxyFID, stream: StreamingFID, resamples: int = 100, see
     replicates = frechet.bootstrap(features, bootstrap_counts(len(features), resamples, seed))
     lo, hi = basic_interval(frechet.of_features(features), replicates)
     return (hi - lo) / 2
-
-
-def interval_of(value: float, replicates: Sequence[float], level: float = 0.95) -> tuple[float, float]:
-    """The confidence interval of a confirmed score from its bootstrap replicates."""
-    return basic_interval(value, replicates, level)
-
-
-def gain_between(baseline: float, baseline_replicates: Sequence[float], value: float, replicates: Sequence[float],
-                 level: float = 0.95) -> tuple[float, tuple[float, float]]:
-    """(baseline − value)/baseline and its interval, from replicates paired over the same resamples."""
-    return paired_gain(baseline, baseline_replicates, value, replicates, level)
 
 
 def make_scorer(

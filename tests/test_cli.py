@@ -164,3 +164,23 @@ def test_the_light_commands_import_no_torch_or_optuna(args: list[str], tmp_path:
     assert heavy == "", f"{args} imported {heavy}"
     assert float(cpu) < 1.0, f"{args} took {cpu} s of CPU"
     assert code in ("0", "2", "None"), probe.stderr
+
+
+@pytest.mark.parametrize("command", ["status", "export"])
+def test_reading_a_study_needs_no_feature_extractor(command: str, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """`status` and `export` read scores back: they import neither torch-fidelity nor torchvision
+    (2 of the 5 s a `status` took)."""
+    import subprocess
+    import sys
+
+    from helpers import tiny_config
+
+    from skipsearch.search import prepare_studies
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    prepare_studies(url, [tiny_config(tiny_checkpoint, tmp_path, trials=2)])
+    args = [command, "--storage", url, *(["-o", "s.json"] if command == "export" else [])]
+    probe = subprocess.run([sys.executable, "-c", _PROBE.format(args=args, heavy=("torchvision", "torch_fidelity"))],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    line = next(line for line in probe.stderr.splitlines() if line.startswith("PROBE"))
+    assert (line.split(" ") + [""])[3] == "", f"{command} imported {line.split(' ')[3]}"

@@ -24,7 +24,7 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from ..errors import StudyError
-from ..scoring import gain_between, interval_of
+from ..intervals import basic_interval, paired_gain
 from ..version import __version__
 from ._config import StudyConfig
 from ._study import counts_toward_budget, list_studies, load_study, search_done, study_budget
@@ -212,11 +212,11 @@ def summarize_confirmation(storage: BaseStorage, study_name: str, config: StudyC
         reps = t.user_attrs[BOOTSTRAP_ATTR]
         gain = gain_interval = None
         if base is not None and t is not base:
-            gain, gain_interval = gain_between(base.value, base.user_attrs[BOOTSTRAP_ATTR], t.value, reps)
+            gain, gain_interval = paired_gain(base.value, base.user_attrs[BOOTSTRAP_ATTR], t.value, reps)
         rows.append(ConfirmedRow(
             source_trial=int(t.user_attrs.get(SOURCE_ATTR, -1)), kind=str(t.user_attrs.get(KIND_ATTR, "search")),
             params=dict(t.params), rho=t.user_attrs.get(RHO_ATTR), sigma_range=t.user_attrs.get(SIGMA_RANGE_ATTR),
-            search_value=t.user_attrs.get(SEARCH_VALUE_ATTR), value=float(t.value), interval=interval_of(t.value, reps),
+            search_value=t.user_attrs.get(SEARCH_VALUE_ATTR), value=float(t.value), interval=basic_interval(t.value, reps),
             fid_infinity=t.user_attrs.get(FID_INFINITY_ATTR), gain=gain, gain_interval=gain_interval,
             sigmas=t.user_attrs.get(TRIAL_SIGMAS_ATTR),
         ))
