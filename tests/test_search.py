@@ -103,7 +103,7 @@ def test_refuses_a_different_config(tiny_checkpoint: Path, tmp_path: Path) -> No
 @pytest.mark.slow
 def test_killed_worker_trial_is_retried(tiny_checkpoint: Path, tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'k.db'}"
-    [prepared] = prepare_studies(url, [_config(tiny_checkpoint, tmp_path, samples=8000, batch_size=100, trials=2,
+    [prepared] = prepare_studies(url, [_config(tiny_checkpoint, tmp_path, samples=4000, batch_size=100, trials=2,
                                                fidelity=[1.0])])
     config = prepared.config
     settings = StorageSettings(heartbeat_interval=1, grace_period=2)
