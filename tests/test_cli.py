@@ -109,7 +109,7 @@ def test_80_columns_keep_the_counts_and_every_digit() -> None:
     rows = [ConfirmedRow(12, "search", {}, None, None, 118.25, 124.53, (120.11, 130.22), None, 0.451, (0.402, 0.498)),
             ConfirmedRow(0, "baseline", {}, None, None, 214.09, 226.80, (219.37, 233.12), None)]
     confirmation = Confirmation("edm-imagenet-64x64-cond-adm/dpmpp_2m/nfe10", (100_000_000, 100_003_999), 4000, 200,
-                                2, rows, settled=True)
+                                2, rows, settled=True, passed_over=2)
     summary = dataclasses.replace(_summary("edm-imagenet-64x64-cond-adm/dpmpp_2m/nfe10", 24.09, 13.30, 4.6),
                                   confirmation=confirmation)
     for width in (60, 80, 120):
@@ -122,6 +122,7 @@ def test_80_columns_keep_the_counts_and_every_digit() -> None:
         assert "…" not in text, text
         for number in ("124.53", "120.11", "130.22", "226.80", "−45.1%"):
             assert number in text, (number, text)
+        assert "2 more of the best by search score not confirmed" in " ".join(text.split()), text
         if width >= 80:
             assert "pruned" in text and "failed" in text, text
 

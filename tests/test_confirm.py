@@ -16,6 +16,7 @@ from skipsearch import load_schedules
 from skipsearch.cli import app
 from skipsearch.search import StorageSettings, export_schedules, prepare_studies, spawn_workers, study_summaries
 from skipsearch.search._confirm import confirm_name
+from skipsearch.search.attrs import KIND_ATTR
 from skipsearch.search.storage import open_storage
 
 runner = CliRunner()
@@ -124,3 +125,26 @@ def test_neighbouring_nfes_start_from_each_others_confirmed_best(tiny_checkpoint
     # Idempotent: preparing again adds nothing.
     prepare_studies(url, [_config(tiny_checkpoint, tmp_path, nfe=3)])
     assert len(trials_of(url, three.config.study_name)) == 6
+
+
+def _finished(number: int, value: float, kind: str = "search") -> optuna.trial.FrozenTrial:
+    from optuna.distributions import FloatDistribution
+
+    trial = optuna.trial.create_trial(value=value, params={"x": float(number)},
+                                      distributions={"x": FloatDistribution(0, 100)}, user_attrs={KIND_ATTR: kind})
+    trial.number = number
+    return trial
+
+
+def test_schedules_worse_than_the_baseline_beyond_its_noise_are_not_confirmed() -> None:
+    """Confirming a schedule the search already found worse than the baseline (FID 1149 against 28,
+    say) only confirms that it is worse: the top k stop at the baseline's score plus its noise."""
+    from skipsearch.search._confirm import plan
+
+    trials = [_finished(0, 100.0, "baseline"), _finished(1, 130.0, "paper"), _finished(2, 90.0),
+              _finished(3, 103.0), _finished(4, 1149.0)]
+    numbers = lambda jobs: [t.number for t in jobs]  # noqa: E731
+    assert numbers(plan(trials, 3, sealed=False, noise=5.0)) == [0, 2, 3, 1]  # the paper's point always
+    assert numbers(plan(trials, 3, sealed=False)) == [0, 2, 1]
+    assert numbers(plan(trials, 3, sealed=False, noise=float("inf"))) == [0, 2, 3, 1]  # the paper among the best 3
+    assert numbers(plan(trials[1:], 3, sealed=False)) == [2, 3, 1]  # no baseline: nothing to measure against

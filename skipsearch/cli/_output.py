@@ -162,8 +162,10 @@ def _confirmed_table(s: StudySummary, layout: int) -> Table:
     assert c is not None
     state = "" if c.done else f"; {c.state}"
     compact = dict(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1, 0, 0)) if layout == 2 else {}
+    caption = (f"{c.passed_over} more of the best by search score not confirmed: worse than the baseline "
+               "beyond its seed noise") if c.passed_over else None
     table = Table(title=f"{s.name}: confirmed on held-out seeds {c.seeds[0]}..{c.seeds[1]} ({c.samples} samples{state})",
-                  title_justify="left", **compact)
+                  title_justify="left", caption=caption, caption_justify="left", **compact)
     gap = "\n" if layout else " "
     for column, justify in (("schedule", "left"), ("search", "right"), ("held-out FID [95%]", "right"),
                             ("FID change [95%]", "right")):

@@ -34,6 +34,8 @@ from .attrs import (
     FID_INFINITY_ATTR,
     FIXED_PARAMS,
     KIND_ATTR,
+    NOISE_ATTR,
+    PASSED_OVER_ATTR,
     RHO_ATTR,
     SEARCH_VALUE_ATTR,
     SIGMA_RANGE_ATTR,
@@ -80,15 +82,19 @@ def _key(trial: FrozenTrial) -> tuple[float, ...]:
     return tuple(round(v, 9) for _, v in sorted(trial.params.items()))
 
 
-def plan(trials: Sequence[FrozenTrial], top: int, sealed: bool = True) -> list[FrozenTrial]:
+def plan(trials: Sequence[FrozenTrial], top: int, sealed: bool = True, noise: float = 0.0) -> list[FrozenTrial]:
     """The baseline, the `top` best distinct complete schedules, and the paper's point: workers'
-    results only (`sealed`: the study's trials carry seals)."""
+    results only (`sealed`: the study's trials carry seals). A schedule whose search score is worse
+    than the baseline's by more than the seeds' `noise` is not confirmed: that would only confirm
+    that it is worse (a study where nothing beats the baseline confirms the baseline and the paper's
+    point, and says so)."""
     complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None and is_sealed(t, sealed)]
     baseline = [t for t in complete if t.user_attrs.get(KIND_ATTR) == "baseline"][:1]
+    ceiling = baseline[0].value + noise if baseline else float("inf")
     chosen: list[FrozenTrial] = []
     seen = {_key(t) for t in baseline}
     for t in sorted(complete, key=lambda t: (t.value, t.number)):
-        if len(chosen) == top:
+        if len(chosen) == top or t.value > ceiling:
             break
         if _key(t) not in seen:
             chosen.append(t)
@@ -97,11 +103,18 @@ def plan(trials: Sequence[FrozenTrial], top: int, sealed: bool = True) -> list[F
     return baseline + chosen + paper
 
 
+def _plan(study: optuna.Study, top: int) -> tuple[list[FrozenTrial], int]:
+    """The jobs, and how many of the top `top` were passed over as worse than the baseline."""
+    trials, sealed, noise = study.get_trials(deepcopy=False), sealing(study), study.user_attrs.get(NOISE_ATTR)
+    jobs = plan(trials, top, sealed, float(noise) if noise is not None else 0.0)
+    return jobs, len(plan(trials, top, sealed, float("inf"))) - len(jobs)
+
+
 def prepare_confirmation(store: StudyStore, study: optuna.Study, config: StudyConfig) -> optuna.Study | None:
     """Create `NAME/confirm` and queue its jobs, once, whatever the number of workers asking.
     None when there is nothing to confirm (no trial completed)."""
     name = confirm_name(study.study_name)
-    jobs = plan(study.get_trials(deepcopy=False), config.confirm_top, sealing(study))
+    jobs, passed_over = _plan(study, config.confirm_top)
     if not jobs:
         return None
     with store.lock(f"confirm:{study.study_name}"):
@@ -113,6 +126,7 @@ def prepare_confirmation(store: StudyStore, study: optuna.Study, config: StudyCo
             confirm.set_metric_names([f"proxy FID ({len(seeds)} held-out samples)"])
         except DuplicatedStudyError:
             confirm = optuna.load_study(study_name=name, storage=store.storage)
+        confirm.set_user_attr(PASSED_OVER_ATTR, passed_over)
         queued = {t.user_attrs.get(SOURCE_ATTR) for t in confirm.get_trials(deepcopy=False)}
         for source in jobs:
             if source.number in queued:
@@ -159,6 +173,7 @@ class Confirmation:
     rows: list[ConfirmedRow] = field(default_factory=list)
     settled: bool = False  # every job finished (a job can fail for good: non-finite samples)
     running: int = 0  # jobs a worker is running now
+    passed_over: int = 0  # of the top k, schedules not confirmed: worse than the baseline beyond its noise
 
     @property
     def done(self) -> bool:
@@ -187,7 +202,7 @@ class Confirmation:
     def to_json(self) -> dict[str, Any]:
         return {
             "seeds": list(self.seeds), "samples": self.samples, "resamples": self.resamples, "done": self.done,
-            "state": self.state,
+            "state": self.state, "passed_over": self.passed_over,
             "rows": [{"trial": r.source_trial, "kind": r.kind, "search_value": r.search_value, "value": r.value,
                       "interval": list(r.interval), "fid_infinity": r.fid_infinity, "gain": r.gain,
                       "gain_interval": list(r.gain_interval) if r.gain_interval else None,
@@ -224,7 +239,7 @@ def summarize_confirmation(storage: BaseStorage, study_name: str, config: StudyC
     settled = {t.user_attrs.get(SOURCE_ATTR) for t in trials if counts_toward_budget(t)}
     running = sum(t.state == TrialState.RUNNING for t in trials)
     return Confirmation(study_name, (seeds.start, seeds.stop - 1), len(seeds), config.bootstrap, len(sources), rows,
-                        settled >= sources, running)
+                        settled >= sources, running, int(confirm.user_attrs.get(PASSED_OVER_ATTR, 0)))
 
 
 def confirmation_pending(storage: BaseStorage, study: optuna.Study, config: StudyConfig) -> bool:
@@ -234,7 +249,7 @@ def confirmation_pending(storage: BaseStorage, study: optuna.Study, config: Stud
         return False
     summary = summarize_confirmation(storage, study.study_name, config)
     if summary is None:
-        return bool(plan(study.get_trials(deepcopy=False), config.confirm_top, sealing(study)))
+        return bool(_plan(study, config.confirm_top)[0])
     return not summary.done
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 __all__ = [
     "CONFIG_ATTR", "FINGERPRINT_ATTR", "VERSION_ATTR", "SITES_ATTR", "SITE_INFO_ATTR", "SIGMAS_ATTR", "BUDGET_ATTR",
-    "NOISE_ATTR", "CONFIRMS_ATTR",
+    "NOISE_ATTR", "CONFIRMS_ATTR", "PASSED_OVER_ATTR",
     "KIND_ATTR", "COUNTED_ATTR", "REASON_ATTR", "RETRIES_ATTR", "RETRY_OF_ATTR", "WARM_FROM_ATTR", "SOURCE_ATTR",
     "SEARCH_VALUE_ATTR", "PROGRESS_ATTR", "RHO_ATTR", "SIGMA_RANGE_ATTR", "TRIAL_SIGMAS_ATTR", "WORKER_ATTR", "DEVICE_ATTR",
     "PRECISION_ATTR", "FID_STEPS_ATTR", "SAMPLES_ATTR", "SECONDS_ATTR", "IMAGES_PER_S_ATTR", "REPORTED_ATTR",
@@ -28,6 +28,7 @@ NOISE_ATTR = "skipsearch_baseline_noise"  # half-width of the baseline FID's 95%
 
 # -- on a confirmation study (NAME/confirm) ------------------------------------------------------
 CONFIRMS_ATTR = "skipsearch_confirms"  # the search study it confirms
+PASSED_OVER_ATTR = "skipsearch_passed_over"  # of the top k, how many were worse than the baseline beyond its noise
 
 # -- on a trial ------------------------------------------------------------------------------
 KIND_ATTR = "skipsearch_trial_kind"  # one of KINDS; a retry keeps its kind
