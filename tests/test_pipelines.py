@@ -266,6 +266,26 @@ def test_an_sdxl_pipeline_samples_as_stable_diffusion_xl_does(tmp_path: Path) ->
     assert (ours - other).abs().max().item() > 100 * max(gap, 5e-6), "the prompts must matter for the test to hold"
 
 
+def test_the_fingerprint_covers_every_part_a_score_depends_on(tmp_path: Path) -> None:
+    """A study and an export record the folder's fingerprint, and a worker or `apply_schedule` with
+    another one is refused: another VAE, text encoder or tokenizer scores other images, so it counts;
+    a safety checker, or a file the pipeline never reads, does not."""
+    import shutil
+
+    folder = write_tiny_sd(tmp_path / "tiny-sd")
+    before = folder_sha256(folder)
+    for part in ("vae", "text_encoder", "tokenizer", "unet", "scheduler"):
+        changed = tmp_path / f"changed-{part}"
+        shutil.copytree(folder, changed)
+        config = next(f for f in sorted((changed / part).iterdir()) if f.suffix in (".json", ".txt"))
+        config.write_text(config.read_text() + "\n")
+        assert folder_sha256(changed) != folder_sha256(folder), part
+    (folder / "safety_checker").mkdir()
+    (folder / "safety_checker" / "config.json").write_text("{}")
+    (folder / "README.md").write_text("a model card")
+    assert folder_sha256(folder) == before
+
+
 @pytest.mark.slow
 def test_a_worker_on_another_node_needs_the_same_prompts(sd: tuple[Path, Path], tmp_path: Path) -> None:
     """A worker reads its node's copy of the prompts file (--prompts): the same prompts at another

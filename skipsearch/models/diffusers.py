@@ -84,16 +84,26 @@ class DiffusersDenoiser(nn.Module):
         return self.unet(x_in.to(torch.float32), t.to(torch.float32), class_labels=labels).sample.to(torch.float32)
 
 
+def _scored_part(name: str) -> bool:
+    """A pipeline part a score depends on: the network, its noise schedule, and a text-to-image
+    pipeline's decoder, text encoders and tokenizers (not, say, its safety checker)."""
+    return name in ("unet", "scheduler", "vae") or name.startswith(("text_encoder", "tokenizer"))
+
+
 def _folder_files(folder: Path) -> list[Path]:
-    """The files a diffusers folder's network is read from: the UNet's and the scheduler's."""
-    parts = [folder / "unet", folder / "scheduler"] if (folder / "unet").is_dir() else [folder]
-    files = [f for part in parts if part.is_dir() for f in (part.iterdir() if part is folder else part.rglob("*"))]
+    """The files a diffusers folder's scores are read from: every scored part of a pipeline folder
+    (an unconditional one has only its UNet and scheduler), else the folder's own files."""
+    if (folder / "unet").is_dir():
+        files = [f for part in folder.iterdir() if part.is_dir() and _scored_part(part.name) for f in part.rglob("*")]
+    else:
+        files = list(folder.iterdir())
     return sorted(f for f in files if f.is_file() and not f.name.startswith("."))
 
 
 def folder_sha256(source: str | Path) -> str:
-    """A diffusers folder's fingerprint: sha256 of (relative path, content hash) per file of its UNet
-    and scheduler, so renames count too (what a study and an export record for the folder)."""
+    """A diffusers folder's fingerprint: sha256 of (relative path, content hash) per file of its
+    scored parts, so renames count too. What a study and an export record for the folder: a worker
+    whose VAE or text encoder differs would score other images, and is refused like another UNet."""
     folder = Path(source)
     digest = hashlib.sha256()
     for f in _folder_files(folder):
