@@ -168,9 +168,11 @@ def schedule_steps(scheduler: Any, schedule: ScheduleLike, *, model: str | None 
         with apply_schedule(pipe.unet, "schedules.json", scheduler=pipe.scheduler, nfe=10):
             images = pipe(**schedule_steps(pipe.scheduler, "schedules.json", nfe=10)).images
 
-    `{"sigmas": [...]}` where the scheduler's `set_timesteps` takes σ (Euler, DPM-Solver++ and
-    others; the pipeline must pass them on, as Stable Diffusion's does); else the nearest training
-    timesteps (`{"timesteps": [...]}`), or only the step count, each said in one line.
+    `{"sigmas": [...]}` where the scheduler's `set_timesteps` takes σ (in diffusers 0.42:
+    EulerDiscreteScheduler, UniPCMultistepScheduler, EDMEulerScheduler; the pipeline must pass them
+    on, as Stable Diffusion's does); else the nearest training timesteps (`{"timesteps": [...]}`:
+    DPMSolverMultistepScheduler, whose images are then close to the search's dpmpp_2m, not equal),
+    or only the step count, each said in one line.
     """
     entry = _entry_of(schedule, model, nfe, solver)
     if isinstance(entry, SkipSchedule) or not entry.sigmas:
