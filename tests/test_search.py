@@ -279,11 +279,12 @@ def test_a_failed_trial_whose_requeue_never_landed_is_requeued_once(tiny_checkpo
     assert retry.state == TrialState.WAITING and retry.user_attrs[KIND_ATTR] == "baseline"
 
 
-def test_a_worker_does_not_end_a_study_while_a_failed_trial_awaits_its_requeue(tiny_checkpoint: Path,
+def test_a_worker_does_not_end_a_study_while_a_failed_trial_awaits_its_requeue(storage_url: str, tiny_checkpoint: Path,
                                                                                tmp_path: Path) -> None:
     """Seen in a full test run: a worker that looked for work between another's two writes (trial failed, not yet
-    re-queued) found nothing queued or running and ended the study one trial short, for good."""
-    url = f"sqlite:///{tmp_path / 'w.db'}"
+    re-queued) found nothing queued or running and ended the study one trial short, for good. On both
+    backends: the re-queue takes the storage's lock (an advisory lock on PostgreSQL)."""
+    url = storage_url
     [prepared] = prepare_studies(url, [_config(tiny_checkpoint, tmp_path, trials=3)])
     name = prepared.config.study_name
     study = optuna.load_study(study_name=name, storage=open_storage(url))
