@@ -99,7 +99,8 @@ class ScheduleFamily:
         sigmas = steps.sigma_list(num_steps)
         freeu = freeu_from_params(self.space, params)
         # the baseline a family's schedule is compared with is the studies': ρ = 1 on the grid's own steps
-        baseline = {"sigmas": base.sigma_list(num_steps)} if base.sigma_list(num_steps) != sigmas else None
+        grid = base.sigma_list(num_steps)
+        baseline = {"sigmas": grid} if grid != sigmas else None
         return dict(
             model_family=self.model_family, model_name=self.model_name, model_sha256=self.model_sha256,
             solver=self.solver, nfe=nfe, sigma_min=self.sigma_min, sigma_max=self.sigma_max,

@@ -207,7 +207,6 @@ class TextEncoders:
         return torch.cat(hidden, dim=-1), pooled
 
 
-
 class PromptedDenoiser(DiffusersDenoiser):
     """D(x; σ, prompt) of a Stable Diffusion UNet with classifier-free guidance; the prompt is the
     class label (one-hot over the prompt set). `cfg` is the guidance scale (≤ 1: the prompt alone)."""
